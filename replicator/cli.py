@@ -1,0 +1,271 @@
+"""Command line: parse, load settings once, call one function, print. Expected failures
+(ReplicatorError) print a one-paragraph message and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from replicator.config import Settings, load_settings, redacted
+from replicator.errors import ReplicatorError
+
+app = typer.Typer(
+    help="PostgreSQL -> Debezium -> Kafka -> DynamoDB replicator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The local stack (plain processes).", no_args_is_help=True)
+connector_app = typer.Typer(help="The Debezium connector in Kafka Connect.", no_args_is_help=True)
+tables_app = typer.Typer(help="DynamoDB tables built from the mappings.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(connector_app, name="connector")
+app.add_typer(tables_app, name="tables")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+_state: dict[str, Path | None] = {"config": None}
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML settings file (environment REPLICATOR_* overrides it).",
+            envvar="REPLICATOR_CONFIG",
+        ),
+    ] = None,
+) -> None:
+    _state["config"] = config
+
+
+def settings() -> Settings:
+    return load_settings(_state["config"])
+
+
+def friendly(func: F) -> F:
+    """Turn expected failures into a clear message and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ReplicatorError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _say(text: str) -> None:
+    err.print(f"[dim]·[/] {text}", highlight=False)
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+@friendly
+def config_show() -> None:
+    """Print the effective settings, secrets masked."""
+    out.print_json(json.dumps(redacted(settings())))
+
+
+# --- stack ----------------------------------------------------------------------------------
+
+
+@stack_app.command("install")
+@friendly
+def stack_install() -> None:
+    """Install PostgreSQL 15 (Debian) and resolve the Kafka/Connect/Debezium jars (Maven)."""
+    from replicator.stack import LocalStack
+
+    LocalStack(settings(), _say).install()
+
+
+@stack_app.command("up")
+@friendly
+def stack_up() -> None:
+    """Start PostgreSQL, Kafka (KRaft), Kafka Connect + Debezium and the DynamoDB endpoint."""
+    from replicator.stack import LocalStack
+
+    LocalStack(settings(), _say).up()
+
+
+@stack_app.command("down")
+@friendly
+def stack_down(
+    purge: Annotated[bool, typer.Option(help="Also delete all stack data.")] = False,
+) -> None:
+    """Stop exactly the processes `stack up` started."""
+    from replicator.stack import LocalStack
+
+    LocalStack(settings(), _say).down(purge=purge)
+
+
+@stack_app.command("status")
+@friendly
+def stack_status() -> None:
+    """Show which parts of the local stack answer."""
+    from replicator.stack import LocalStack
+
+    table = Table("part", "state", "where")
+    parts = LocalStack(settings()).status()
+    for part in parts:
+        table.add_row(part.name, "[green]up[/]" if part.running else "[red]down[/]", part.detail)
+    out.print(table)
+    if not all(p.running for p in parts):
+        raise typer.Exit(1)
+
+
+# --- connector ------------------------------------------------------------------------------
+
+
+def _connector_payload(s: Settings) -> dict[str, str]:
+    from replicator.connector import render
+    from replicator.stack import LocalStack
+
+    ref = s.connector.password_ref
+    if ref is None:
+        secrets = LocalStack(s).secrets_file()
+        ref = "${file:" + str(secrets) + ":replication_password}"
+    return render(s, ref)
+
+
+@connector_app.command("show")
+@friendly
+def connector_show() -> None:
+    """Print the connector config that `apply` would send."""
+    out.print_json(json.dumps(_connector_payload(settings())))
+
+
+@connector_app.command("apply")
+@friendly
+def connector_apply(wait: Annotated[bool, typer.Option(help="Wait until it runs.")] = True) -> None:
+    """Create or update the Debezium connector from connectors/ and the settings."""
+    from replicator.connector import ConnectClient
+
+    s = settings()
+    client = ConnectClient(s)
+    client.apply(_connector_payload(s))
+    if wait:
+        client.wait_running()
+    _say(f"connector {s.connector.name} applied")
+
+
+@connector_app.command("status")
+@friendly
+def connector_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Connector and task states (exit 1 unless everything is RUNNING)."""
+    from replicator.connector import ConnectClient
+
+    s = settings()
+    status = ConnectClient(s).status()
+    if status is None:
+        err.print(f"connector {s.connector.name!r} does not exist")
+        raise typer.Exit(1)
+    if as_json:
+        out.print_json(json.dumps(status))
+    else:
+        table = Table("part", "state", "worker")
+        table.add_row(
+            "connector", status["connector"]["state"], status["connector"].get("worker_id", "")
+        )
+        for task in status.get("tasks", []):
+            table.add_row(f"task {task['id']}", task["state"], task.get("worker_id", ""))
+        out.print(table)
+    states = [status["connector"]["state"], *(t["state"] for t in status.get("tasks", []))]
+    if any(state != "RUNNING" for state in states):
+        raise typer.Exit(1)
+
+
+@connector_app.command("restart")
+@friendly
+def connector_restart() -> None:
+    """Restart the connector and its tasks."""
+    from replicator.connector import ConnectClient
+
+    client = ConnectClient(settings())
+    client.restart()
+    client.wait_running()
+    _say("connector restarted and running")
+
+
+# --- tables and run ---------------------------------------------------------------------------
+
+
+@tables_app.command("create")
+@friendly
+def tables_create() -> None:
+    """Create every mapped DynamoDB table (keys, GSIs, TTL) that does not exist yet."""
+    from replicator.dynamo import dynamodb_client
+    from replicator.tables import ensure_table
+
+    s = settings()
+    client = dynamodb_client(s.dynamodb)
+    for mapping in s.tables:
+        _say(f"{mapping.name}: {ensure_table(client, mapping)}")
+
+
+@app.command("run")
+@friendly
+def run_consumer(
+    until_idle: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many seconds without records (for demos and scripts)."),
+    ] = None,
+) -> None:
+    """The long-lived consumer: apply change events to DynamoDB until SIGTERM/SIGINT."""
+    import signal
+
+    from replicator.log import configure
+    from replicator.pipeline import build
+
+    s = settings()
+    configure(s.log_level)
+    pipeline = build(s)
+
+    def stop(_signum: int, _frame: Any) -> None:
+        pipeline.stop()  # finish the batch in hand, commit, leave the group
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    until = None
+    if until_idle is not None:
+        import time
+
+        def until(stats: Any) -> bool:
+            return time.monotonic() - stats.last_record_at > until_idle
+
+    try:
+        stats = pipeline.run(until)
+    finally:
+        pipeline.close()
+    _say(
+        f"consumed {stats.consumed}, applied {stats.applied}, stale {stats.stale}, "
+        f"skipped {stats.skipped}, dead-lettered {stats.dead_lettered}"
+    )
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,173 @@
+"""The one frozen settings tree, loaded once at the edge (YAML file + REPLICATOR_* environment).
+
+Environment variables override the file: REPLICATOR_KAFKA__BOOTSTRAP_SERVERS=host:9092, and so
+on, with ``__`` between levels. Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from replicator.errors import ConfigError
+from replicator.mapping import TableMapping
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PostgresSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 55432
+    database: str = "loans"
+    user: str = Field(
+        "postgres",
+        description="owner of the schema; used by the local stack, enrichment lookups and tests",
+    )
+    password: SecretStr = SecretStr("postgres")
+    replication_user: str = "debezium"
+    replication_password: SecretStr = SecretStr("debezium")
+    schema_name: str = "dbo"
+
+    def dsn(self, *, replication_role: bool = False) -> str:
+        user = self.replication_user if replication_role else self.user
+        secret = self.replication_password if replication_role else self.password
+        return (
+            f"host={self.host} port={self.port} dbname={self.database} user={user} "
+            f"password={secret.get_secret_value()} connect_timeout=5"
+        )
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:59092"
+    group_id: str = "replicator"
+    dead_letter_topic: str = "replicator.dead-letter"
+    batch_size: int = Field(500, gt=0, description="records taken per poll")
+    poll_timeout_s: float = Field(0.5, gt=0)
+    extra: dict[str, str] = Field(default_factory=dict, description="librdkafka settings")
+
+
+class ConnectorSettings(_Section):
+    """Values filled into connectors/*.json."""
+
+    url: str = "http://127.0.0.1:58083"
+    name: str = "loans-postgres"
+    topic_prefix: str = "loans"
+    slot_name: str = "replicator"
+    publication_name: str = "replicator_pub"
+    heartbeat_interval_ms: int = 10_000
+    topic_partitions: int = Field(3, gt=0)
+    replication_factor: int = Field(1, gt=0)
+    template: Path = Path("connectors/postgres-source.json")
+    password_ref: str | None = Field(
+        None,
+        description="what the connector config gets as database.password, e.g. "
+        "'${file:/etc/kafka/secrets/pg.properties:password}'; unset = the local stack's file",
+    )
+
+
+class DynamoSettings(_Section):
+    endpoint_url: str | None = "http://127.0.0.1:58000"
+    region: str = "us-east-1"
+    access_key_id: str | None = "local"
+    secret_access_key: SecretStr | None = SecretStr("local")
+    max_attempts: int = Field(10, gt=0, description="botocore retries on throttling and 5xx")
+    transaction_items: int = Field(100, ge=1, le=100)
+
+
+class StackSettings(_Section):
+    """The local development/test stack (plain processes, no Docker)."""
+
+    home: Path = Path(".stack")
+    kafka_port: int = 59092
+    controller_port: int = 59093
+    connect_port: int = 58083
+    dynamodb_port: int = 58000
+    kafka_heap: str = "768m"
+    connect_heap: str = "768m"
+    start_timeout_s: float = 180.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REPLICATOR_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    postgres: PostgresSettings = PostgresSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    connector: ConnectorSettings = ConnectorSettings()
+    dynamodb: DynamoSettings = DynamoSettings()
+    stack: StackSettings = StackSettings()
+    tables: list[TableMapping] = Field(default_factory=lambda: default_tables())
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file (passed as init values).
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> Settings:
+        for attr in ("name", "source"):
+            values = [getattr(t, attr) for t in self.tables]
+            dupes = {v for v in values if values.count(v) > 1}
+            if dupes:
+                raise ValueError(f"tables: {attr} used twice: {sorted(dupes)}")
+        return self
+
+    def topic_of(self, mapping: TableMapping) -> str:
+        return f"{self.connector.topic_prefix}.{mapping.source}"
+
+    def mapping_for_source(self) -> dict[str, TableMapping]:
+        return {t.source: t for t in self.tables}
+
+
+def default_tables() -> list[TableMapping]:
+    text = resources.files("replicator").joinpath("default_tables.yaml").read_text()
+    return [TableMapping.model_validate(t) for t in yaml.safe_load(text)]
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read the YAML file (if any) and the environment; raise ConfigError naming bad fields."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid settings{where}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with secrets masked, for `config show`."""
+    return settings.model_dump(mode="json")

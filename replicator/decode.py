@@ -1,0 +1,106 @@
+"""Debezium envelope (JSON converter, schemas off) -> ChangeEvent | Skip. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from replicator.errors import DecodeError
+from replicator.events import ChangeEvent, Op, Origin, Position, Skip
+
+_UPSERT_OPS = {"c", "u", "r"}
+# Debezium marks initial-snapshot reads with one of these; "incremental" reads are streamed.
+_INITIAL_SNAPSHOT_MARKS = {
+    "true",
+    "first",
+    "last",
+    "first_in_data_collection",
+    "last_in_data_collection",
+    "last_in_data_collection_and_table",
+}
+
+
+def decode(key: bytes | None, value: bytes | None, origin: Origin) -> ChangeEvent | Skip:
+    """Decode one Kafka record. Raises DecodeError for anything that is not a change we apply."""
+    if value is None:
+        # Kafka tombstone that follows a delete, for compaction: the delete already carried it.
+        return Skip("tombstone", origin)
+    envelope = _loads(value, "value")
+    if not isinstance(envelope, dict):
+        raise DecodeError(f"value is JSON {type(envelope).__name__}, not an envelope object")
+    if "payload" in envelope and "schema" in envelope:
+        envelope = envelope["payload"]  # converter with schemas enabled
+        if not isinstance(envelope, dict):
+            raise DecodeError("payload is not an envelope object")
+    op = envelope.get("op")
+    if op == "m":
+        return Skip("logical decoding message", origin)
+    if op == "t":
+        raise DecodeError(
+            "TRUNCATE is not replicated: delete the items deliberately, then replay or re-snapshot"
+        )
+    if op not in _UPSERT_OPS and op != "d":
+        raise DecodeError(f"unknown op {op!r}")
+    source = envelope.get("source")
+    if not isinstance(source, dict):
+        raise DecodeError("envelope has no source block")
+    schema, table = source.get("schema"), source.get("table")
+    if not isinstance(schema, str) or not isinstance(table, str):
+        raise DecodeError("source block names no schema and table")
+
+    before, after = envelope.get("before"), envelope.get("after")
+    row = before if op == "d" else after
+    if not isinstance(row, dict):
+        raise DecodeError(f"op {op!r} without its {'before' if op == 'd' else 'after'} row")
+    if before is not None and not isinstance(before, dict):
+        raise DecodeError("before is not a row object")
+
+    if key is None:
+        raise DecodeError("record has no key (primary key expected)")
+    key_row = _loads(key, "key")
+    if isinstance(key_row, dict) and "payload" in key_row and "schema" in key_row:
+        key_row = key_row["payload"]
+    if not isinstance(key_row, dict) or not key_row:
+        raise DecodeError("key is not a non-empty object of primary-key columns")
+
+    snapshot_mark = str(source.get("snapshot", "false")).lower()
+    initial_snapshot = op == "r" and snapshot_mark in _INITIAL_SNAPSHOT_MARKS
+    ts_ms = source.get("ts_ms")
+    return ChangeEvent(
+        table=f"{schema}.{table}",
+        op=Op.DELETE if op == "d" else Op.UPSERT,
+        key=key_row,
+        row=row,
+        before=before if op == "u" else None,
+        position=_position(source, initial_snapshot),
+        source_ts_ms=ts_ms if isinstance(ts_ms, int) else 0,
+        snapshot=op == "r",
+        origin=origin,
+    )
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"{what} is not JSON: {exc}") from exc
+
+
+def _position(source: dict[str, Any], initial_snapshot: bool) -> Position:
+    lsn = source.get("lsn")
+    if not isinstance(lsn, int) or lsn < 0:
+        raise DecodeError("source block has no LSN")
+    if initial_snapshot:
+        # The lowest rank: any streamed change of the row is newer than the snapshot's copy.
+        return Position(last_commit=0, streamed=0, lsn=lsn)
+    last_commit = 0
+    sequence = source.get("sequence")
+    if sequence is not None:
+        try:
+            parsed = orjson.loads(sequence) if isinstance(sequence, str) else sequence
+            if parsed and parsed[0] is not None:
+                last_commit = int(parsed[0])
+        except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
+            raise DecodeError(f"source.sequence {sequence!r} is not [lastCommitLsn, lsn]") from exc
+    return Position(last_commit=last_commit, streamed=1, lsn=lsn)

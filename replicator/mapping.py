@@ -1,0 +1,384 @@
+"""Declarative table mappings (validated data) and the pure row -> DynamoDB item function.
+
+A mapping says, per source table: which DynamoDB table, how the key is built (templates over
+columns), every column's attribute name and type, derived attributes such as sparse GSI keys,
+enrichment lookups that add columns from other tables, and TTL. Items are built in DynamoDB's
+wire format ({"S": ...}, {"N": ...}, {"BOOL": ...}) so that no float ever touches a number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from replicator.errors import MappingError
+
+AttributeValue = dict[str, Any]
+Item = dict[str, AttributeValue]
+ColumnType = Literal["int", "bigint", "decimal", "text", "json", "bool", "timestamp", "date"]
+
+# Debezium's stand-in for an unchanged TOASTed value that it could not read.
+UNAVAILABLE = "__debezium_unavailable_value"
+MAX_ITEM_BYTES = 400 * 1024
+MAX_NUMBER_DIGITS = 38
+_EPOCH = dt.datetime(1970, 1, 1)
+_EPOCH_DATE = dt.date(1970, 1, 1)
+_FORMATTER = string.Formatter()
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Column(_Frozen):
+    name: str = Field(description="column name in PostgreSQL (lower case)")
+    attribute: str = Field(description="attribute name in DynamoDB")
+    type: ColumnType
+
+
+class KeyAttribute(_Frozen):
+    attribute: str
+    type: Literal["S", "N"] = "S"
+    template: str = Field(description="e.g. '{servicename}-{logtimestamp:date}'")
+
+
+class DerivedAttribute(_Frozen):
+    """An attribute built from a template, present only when its conditions hold (sparse GSIs)."""
+
+    attribute: str
+    template: str
+    type: Literal["S", "N"] = "S"
+    when_set: list[str] = Field(default_factory=list, description="columns that must be non-NULL")
+    when_equal: dict[str, Any] = Field(default_factory=dict, description="column -> value")
+
+
+class IndexKey(_Frozen):
+    attribute: str
+    type: Literal["S", "N"] = "S"
+
+
+class Index(_Frozen):
+    name: str
+    partition_key: IndexKey
+    sort_key: IndexKey | None = None
+    projection: Literal["ALL", "KEYS_ONLY", "INCLUDE"] = "ALL"
+    non_key_attributes: list[str] = Field(default_factory=list)
+
+
+class Lookup(_Frozen):
+    """Adds ``column`` to each row by looking up ``using`` in PostgreSQL.
+
+    ``sql`` returns (key, value) rows for ``%(keys)s``, an array of ``using`` values, so one
+    query serves a whole batch.
+    """
+
+    column: str
+    using: str
+    type: ColumnType
+    sql: str
+
+
+class Retention(_Frozen):
+    column: str
+    days: int = Field(gt=0)
+
+
+class TableMapping(_Frozen):
+    name: str = Field(description="DynamoDB table name")
+    source: str = Field(description="PostgreSQL table, 'schema.table'")
+    primary_key: list[str] = Field(min_length=1)
+    partition_key: KeyAttribute
+    sort_key: KeyAttribute | None = None
+    columns: list[Column] = Field(min_length=1)
+    derived: list[DerivedAttribute] = Field(default_factory=list)
+    indexes: list[Index] = Field(default_factory=list)
+    lookups: list[Lookup] = Field(default_factory=list)
+    ttl_attribute: str = "ExpiresAt"
+    retention: Retention | None = None
+    tombstone_days: int = Field(default=7, gt=0, description="how long delete markers are kept")
+
+    @field_validator("source")
+    @classmethod
+    def _qualified(cls, value: str) -> str:
+        if value.count(".") != 1:
+            raise ValueError("must be 'schema.table'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableMapping:
+        columns = {c.name: c for c in self.columns}
+        known = set(columns) | {lk.column for lk in self.lookups}
+        for lookup in self.lookups:
+            if lookup.using not in columns:
+                raise ValueError(f"lookup {lookup.column!r} uses unknown column {lookup.using!r}")
+        for pk in self.primary_key:
+            if pk not in columns:
+                raise ValueError(f"primary_key column {pk!r} is not in columns")
+        templated = [self.partition_key, *([self.sort_key] if self.sort_key else []), *self.derived]
+        for attr in templated:
+            for name, _ in template_fields(attr.template):
+                if name not in known:
+                    raise ValueError(
+                        f"template of {attr.attribute!r} names unknown column {name!r}"
+                    )
+        for attr in self.derived:
+            for name in [*attr.when_set, *attr.when_equal]:
+                if name not in known:
+                    raise ValueError(
+                        f"condition of {attr.attribute!r} names unknown column {name!r}"
+                    )
+        attributes = (
+            [a.attribute for a in templated]
+            + [columns[c].attribute for c in columns]
+            + [self.ttl_attribute]
+        )
+        duplicates = {a for a in attributes if attributes.count(a) > 1}
+        if duplicates:
+            raise ValueError(f"attribute names used twice: {sorted(duplicates)}")
+        for attr in attributes:
+            if attr.startswith("_"):
+                raise ValueError(f"attribute {attr!r}: names starting with '_' are reserved")
+        in_key = {
+            name
+            for attr in filter(None, [self.partition_key, self.sort_key])
+            for name, _ in template_fields(attr.template)
+        }
+        missing = [pk for pk in self.primary_key if pk not in in_key]
+        if missing:
+            # Otherwise two rows could share one item and a delete of one would erase the other.
+            raise ValueError(
+                f"key templates must include every primary_key column; missing {missing}"
+            )
+        if self.retention and self.retention.column not in columns:
+            raise ValueError(f"retention column {self.retention.column!r} is not in columns")
+        types = {a.attribute: a.type for a in templated}
+        for c in columns.values():
+            types[c.attribute] = (
+                "N"
+                if c.type in ("int", "bigint", "decimal")
+                else ("BOOL" if c.type == "bool" else "S")
+            )
+        for index in self.indexes:
+            for key in filter(None, [index.partition_key, index.sort_key]):
+                if key.attribute not in types:
+                    raise ValueError(
+                        f"index {index.name!r} keys on {key.attribute!r}, "
+                        "which no key, derived attribute or column produces"
+                    )
+                if types[key.attribute] != key.type:
+                    raise ValueError(
+                        f"index {index.name!r}: {key.attribute!r} is "
+                        f"{types[key.attribute]}, not {key.type}"
+                    )
+        return self
+
+    @property
+    def key_attributes(self) -> list[str]:
+        return [self.partition_key.attribute] + ([self.sort_key.attribute] if self.sort_key else [])
+
+    def column_types(self) -> dict[str, ColumnType]:
+        types: dict[str, ColumnType] = {c.name: c.type for c in self.columns}
+        types.update({lk.column: lk.type for lk in self.lookups})
+        return types
+
+
+def template_fields(template: str) -> list[tuple[str, str]]:
+    """(column, format) pairs named by a template; raises ValueError on a malformed template."""
+    fields = []
+    for _, name, spec, conversion in _FORMATTER.parse(template):
+        if name is None:
+            continue
+        if not name or conversion:
+            raise ValueError(f"template {template!r}: use {{column}} or {{column:format}}")
+        if spec and spec != "date" and not (spec.startswith("0") and spec[1:].isdigit()):
+            raise ValueError(f"template {template!r}: format {spec!r} is not 'date' or '0N'")
+        fields.append((name, spec))
+    return fields
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def format_timestamp(micros: int) -> str:
+    """Fixed-width UTC ISO-8601 with microseconds, e.g. 2024-01-15T10:30:00.123456Z."""
+    t = _EPOCH + dt.timedelta(microseconds=micros)
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+        f"{t.second:02d}.{t.microsecond:06d}Z"
+    )
+
+
+def format_date(days: int) -> str:
+    d = _EPOCH_DATE + dt.timedelta(days=days)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+
+
+def canonical(column: str, kind: ColumnType, value: Any) -> str:
+    """The exact text form of a non-NULL column value, as used in items and key templates."""
+    try:
+        if kind in ("int", "bigint"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise MappingError(f"column {column!r}: expected an integer, got {value!r}")
+            return str(value)
+        if kind == "decimal":
+            return _exact_number(column, value)
+        if kind in ("text", "json"):
+            if not isinstance(value, str):
+                raise MappingError(f"column {column!r}: expected text, got {type(value).__name__}")
+            return value
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise MappingError(f"column {column!r}: expected a boolean, got {value!r}")
+            return "true" if value else "false"
+        if kind == "timestamp":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise MappingError(
+                    f"column {column!r}: expected microseconds since the epoch "
+                    f"(Debezium MicroTimestamp), got {value!r}"
+                )
+            return format_timestamp(value)
+        if kind == "date":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise MappingError(
+                    f"column {column!r}: expected days since the epoch, got {value!r}"
+                )
+            return format_date(value)
+    except (OverflowError, ValueError) as exc:
+        raise MappingError(f"column {column!r}: value {value!r} is out of range") from exc
+    raise MappingError(f"column {column!r}: unknown type {kind!r}")
+
+
+def _exact_number(column: str, value: Any) -> str:
+    if isinstance(value, float):
+        # A float has already lost the exact value: refuse rather than store a rounded amount.
+        raise MappingError(
+            f"column {column!r}: decimal arrived as a float; the connector must "
+            "use decimal.handling.mode=string"
+        )
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise MappingError(f"column {column!r}: expected a decimal string, got {value!r}")
+    try:
+        number = Decimal(value)
+    except InvalidOperation as exc:
+        raise MappingError(f"column {column!r}: {value!r} is not a decimal number") from exc
+    if not number.is_finite():
+        raise MappingError(f"column {column!r}: {value!r} has no DynamoDB number form")
+    digits = len(number.as_tuple().digits)
+    if digits > MAX_NUMBER_DIGITS:
+        raise MappingError(
+            f"column {column!r}: {digits} significant digits, DynamoDB keeps "
+            f"{MAX_NUMBER_DIGITS}; refusing to round"
+        )
+    return str(value)
+
+
+def _attribute(column: str, kind: ColumnType, value: Any) -> AttributeValue:
+    text = canonical(column, kind, value)
+    if kind in ("int", "bigint", "decimal"):
+        return {"N": text}
+    if kind == "bool":
+        return {"BOOL": value}
+    return {"S": text}
+
+
+def render(template: str, row: dict[str, Any], types: dict[str, ColumnType]) -> str | None:
+    """Fill a template from a row; None when a column it names is NULL."""
+    out = []
+    for literal, name, spec, _ in _FORMATTER.parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        value = row.get(name)
+        if value is None:
+            return None
+        if value == UNAVAILABLE:
+            raise MappingError(
+                f"template {template!r} needs {name!r}, which the source did not "
+                "send (TOAST); use REPLICA IDENTITY FULL"
+            )
+        kind = types[name]
+        if spec == "date":
+            text = canonical(name, kind, value)[:10]
+        elif spec:
+            if kind not in ("int", "bigint"):
+                raise MappingError(f"template {template!r}: zero-padding needs an integer column")
+            text = f"{value:{spec}d}"
+        else:
+            text = canonical(name, kind, value)
+        out.append(text)
+    return "".join(out)
+
+
+# --- items ----------------------------------------------------------------------------------
+
+
+def item_key(mapping: TableMapping, row: dict[str, Any]) -> Item:
+    """The DynamoDB primary key of the item a row maps to."""
+    types = mapping.column_types()
+    key: Item = {}
+    for attr in filter(None, [mapping.partition_key, mapping.sort_key]):
+        text = render(attr.template, row, types)
+        if not text:
+            raise MappingError(f"key attribute {attr.attribute!r} is empty or NULL for this row")
+        if attr.type == "N":
+            key[attr.attribute] = {"N": _exact_number(attr.attribute, text)}
+        else:
+            key[attr.attribute] = {"S": text}
+    return key
+
+
+def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]:
+    """Map a full row to an item, plus the attributes whose value the source did not send.
+
+    Attributes in the second set must keep the value already stored (TOAST); NULL columns are
+    simply absent, so a full write removes them.
+    """
+    types = mapping.column_types()
+    item = item_key(mapping, row)
+    unavailable: set[str] = set()
+    for column in mapping.columns:
+        value = row.get(column.name)
+        if value is None:
+            continue
+        if value == UNAVAILABLE:
+            unavailable.add(column.attribute)
+            continue
+        item[column.attribute] = _attribute(column.name, column.type, value)
+    for attr in mapping.derived:
+        if any(row.get(c) is None for c in attr.when_set):
+            continue
+        if any(row.get(c) != v for c, v in attr.when_equal.items()):
+            continue
+        text = render(attr.template, row, types)
+        if text is None:
+            continue
+        item[attr.attribute] = (
+            {"N": _exact_number(attr.attribute, text)} if attr.type == "N" else {"S": text}
+        )
+    if mapping.retention:
+        micros = row.get(mapping.retention.column)
+        if isinstance(micros, int) and not isinstance(micros, bool):
+            expires = micros // 1_000_000 + mapping.retention.days * 86_400
+            item[mapping.ttl_attribute] = {"N": str(expires)}
+    size = item_size(item)
+    if size > MAX_ITEM_BYTES:
+        raise MappingError(f"item is {size} bytes, over DynamoDB's 400 KB limit")
+    return item, unavailable
+
+
+def item_size(item: Item) -> int:
+    """DynamoDB's item size rule: names plus values in UTF-8 (numbers ~1 byte per 2 digits)."""
+    total = 0
+    for name, value in item.items():
+        total += len(name.encode())
+        if "S" in value:
+            total += len(value["S"].encode())
+        elif "N" in value:
+            total += len(value["N"]) // 2 + 2
+        else:
+            total += 1
+    return total

@@ -1,0 +1,214 @@
+"""The one loop: poll -> decode -> enrich -> map -> plan -> guarded write -> dead-letter ->
+commit. `run` and bounded replays share it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import Message
+
+from replicator import checkpoint
+from replicator.config import Settings
+from replicator.deadletter import DeadLetters, ensure_topic
+from replicator.decode import decode
+from replicator.errors import (
+    DecodeError,
+    LookupMissError,
+    MappingError,
+    ReplicatorError,
+    SinkError,
+)
+from replicator.events import ChangeEvent, Op, Origin, Skip
+from replicator.lookup import Lookups
+from replicator.mapping import TableMapping, item_key, to_item
+from replicator.sink import Change, DynamoSink, plan
+from replicator.source import KafkaSource
+
+log = structlog.get_logger("replicator.pipeline")
+
+
+@dataclass
+class Stats:
+    consumed: int = 0
+    skipped: int = 0
+    applied: int = 0
+    stale: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    last_record_at: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        source: KafkaSource,
+        sink: DynamoSink,
+        lookups: Lookups,
+        dead_letters: DeadLetters,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.sink = sink
+        self.lookups = lookups
+        self.dead_letters = dead_letters
+        self.by_topic = {settings.topic_of(t): t for t in settings.tables}
+        self.stats = Stats()
+        self.stopping = threading.Event()
+
+    def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
+        """Process batches until stop() or ``until(stats)``; commits after every batch."""
+        log.info(
+            "consumer started", topics=sorted(self.by_topic), group=self.settings.kafka.group_id
+        )
+        try:
+            while not self.stopping.is_set():
+                messages = self.source.poll()
+                if messages:
+                    self.process(messages)
+                if until is not None and until(self.stats):
+                    break
+        finally:
+            log.info(
+                "consumer stopping",
+                consumed=self.stats.consumed,
+                applied=self.stats.applied,
+                stale=self.stats.stale,
+                dead_lettered=self.stats.dead_lettered,
+            )
+        return self.stats
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def close(self) -> None:
+        """Leave the consumer group and release connections (after the last commit)."""
+        self.source.close()
+        self.sink.close()
+        self.lookups.close()
+        self.dead_letters.flush()
+
+    def process(self, messages: list[Message]) -> None:
+        """Apply one batch; commit its offsets only when every record is written or parked."""
+        self.stats.consumed += len(messages)
+        self.stats.last_record_at = time.monotonic()
+        changes = self._changes(messages)
+        writes = plan(changes)
+        while True:
+            try:
+                result = self.sink.write(writes)
+                break
+            except SinkError as exc:
+                # Never skip and never commit past an unwritten change: wait and try again.
+                log.warning("sink failed; retrying batch", error=str(exc))
+                if self.stopping.wait(2.0):
+                    raise
+        by_origin = {(m.topic(), m.partition(), m.offset()): m for m in messages}
+        for write, reason in result.failed:
+            for origin in write.origins:
+                self._park(
+                    by_origin[(origin.topic, origin.partition, origin.offset)],
+                    "write-refused",
+                    reason,
+                )
+        self.stats.applied += result.applied
+        self.stats.stale += result.stale
+        self.stats.batches += 1
+        self.dead_letters.flush()
+        checkpoint.commit(self.source.consumer, messages)
+
+    def _changes(self, messages: list[Message]) -> list[Change]:
+        decoded: list[tuple[Message, TableMapping, ChangeEvent]] = []
+        for message in messages:
+            topic = message.topic() or ""
+            origin = Origin(topic, message.partition() or 0, message.offset() or 0)
+            mapping = self.by_topic.get(topic)
+            if mapping is None:
+                self._park(message, "unknown-table", f"no mapping for topic {topic!r}")
+                continue
+            try:
+                event = decode(message.key(), message.value(), origin)
+            except DecodeError as exc:
+                self._park(message, "decode", str(exc))
+                continue
+            if isinstance(event, Skip):
+                self.stats.skipped += 1
+                continue
+            if event.table != mapping.source:
+                self._park(
+                    message,
+                    "unknown-table",
+                    f"event of {event.table!r} on the topic of {mapping.source!r}",
+                )
+                continue
+            decoded.append((message, mapping, event))
+
+        for mapping in {id(m): m for _, m, _ in decoded}.values():
+            rows = [r for _, m, e in decoded if m is mapping for r in (e.row, e.before) if r]
+            self.lookups.fill(mapping, rows)
+
+        changes = []
+        for message, mapping, event in decoded:
+            try:
+                changes.append(to_change(mapping, event))
+            except LookupMissError as exc:
+                self._park(message, "lookup-miss", str(exc))
+            except MappingError as exc:
+                self._park(message, "mapping", str(exc))
+        return changes
+
+    def _park(self, message: Message, reason: str, detail: str) -> None:
+        log.warning(
+            "event dead-lettered",
+            reason=reason,
+            detail=detail,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+        self.dead_letters.park(message, reason, detail)
+        self.stats.dead_lettered += 1
+
+
+def to_change(mapping: TableMapping, event: ChangeEvent) -> Change:
+    """Map a decoded event to the item (or delete marker) it produces. Pure."""
+    Lookups.require(mapping, event.row)
+    if event.op is Op.DELETE:
+        return Change(mapping, event, item_key(mapping, event.row), None)
+    item, unavailable = to_item(mapping, event.row)
+    key = {name: item[name] for name in mapping.key_attributes}
+    old_key = None
+    if event.before is not None and _complete(mapping, event.before):
+        Lookups.require(mapping, event.before)
+        before_key = item_key(mapping, event.before)
+        if before_key != key:
+            old_key = before_key
+    return Change(mapping, event, key, item, frozenset(unavailable), old_key)
+
+
+def _complete(mapping: TableMapping, row: dict[str, Any]) -> bool:
+    """With REPLICA IDENTITY DEFAULT the old row holds only the key columns: no key move
+    can be seen then. With FULL it holds every column."""
+    return all(c.name in row for c in mapping.columns)
+
+
+def build(settings: Settings, group_id: str | None = None) -> Pipeline:
+    """Wire the stages from the settings."""
+    from replicator.dynamo import dynamodb_client
+
+    topics = [settings.topic_of(t) for t in settings.tables]
+    if not topics:
+        raise ReplicatorError("no tables are mapped: nothing to consume")
+    source = KafkaSource(settings.kafka, topics, group_id)
+    sink = DynamoSink(
+        dynamodb_client(settings.dynamodb), transaction_items=settings.dynamodb.transaction_items
+    )
+    lookups = Lookups(settings.postgres.dsn())
+    ensure_topic(settings.kafka.bootstrap_servers, settings.kafka.dead_letter_topic)
+    dead_letters = DeadLetters(settings.kafka.bootstrap_servers, settings.kafka.dead_letter_topic)
+    return Pipeline(settings, source, sink, lookups, dead_letters)
