@@ -78,7 +78,7 @@ class DynamoSettings(_Section):
     access_key_id: str | None = "local"
     secret_access_key: SecretStr | None = SecretStr("local")
     max_attempts: int = Field(10, gt=0, description="botocore retries on throttling and 5xx")
-    transaction_items: int = Field(100, ge=1, le=100)
+    concurrency: int = Field(16, ge=1, le=256, description="write requests in flight")
 
 
 class StackSettings(_Section):

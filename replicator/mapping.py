@@ -306,7 +306,7 @@ def render(template: str, row: dict[str, Any], types: dict[str, ColumnType]) -> 
         elif spec:
             if kind not in ("int", "bigint"):
                 raise MappingError(f"template {template!r}: zero-padding needs an integer column")
-            text = f"{value:{spec}d}"
+            text = f"{int(canonical(name, kind, value)):{spec}d}"  # refuses non-integers
         else:
             text = canonical(name, kind, value)
         out.append(text)

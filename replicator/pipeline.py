@@ -96,7 +96,6 @@ class Pipeline:
     def process(self, messages: list[Message]) -> None:
         """Apply one batch; commit its offsets only when every record is written or parked."""
         self.stats.consumed += len(messages)
-        self.stats.last_record_at = time.monotonic()
         changes = self._changes(messages)
         writes = plan(changes)
         while True:
@@ -121,6 +120,7 @@ class Pipeline:
         self.stats.batches += 1
         self.dead_letters.flush()
         checkpoint.commit(self.source.consumer, messages)
+        self.stats.last_record_at = time.monotonic()
 
     def _changes(self, messages: list[Message]) -> list[Change]:
         decoded: list[tuple[Message, TableMapping, ChangeEvent]] = []
@@ -206,7 +206,8 @@ def build(settings: Settings, group_id: str | None = None) -> Pipeline:
         raise ReplicatorError("no tables are mapped: nothing to consume")
     source = KafkaSource(settings.kafka, topics, group_id)
     sink = DynamoSink(
-        dynamodb_client(settings.dynamodb), transaction_items=settings.dynamodb.transaction_items
+        dynamodb_client(settings.dynamodb, settings.dynamodb.concurrency),
+        settings.dynamodb.concurrency,
     )
     lookups = Lookups(settings.postgres.dsn())
     ensure_topic(settings.kafka.bootstrap_servers, settings.kafka.dead_letter_topic)

@@ -3,9 +3,9 @@
 Every write carries the source position of the change it applies, and is conditional on the
 stored position being older (or absent), so redelivery and replays never move an item back.
 A batch is first collapsed per source row (last change wins, every key the row left in the
-batch gets a delete marker), then written as TransactWriteItems of up to 100 guarded actions.
-A transaction cancelled only because some conditions failed is retried without those actions:
-they were stale, and skipping them is the point of the guard.
+batch gets a delete marker), then written concurrently: one conditional request per row, or one
+transaction per key move. A failed condition means a newer change is already stored: the
+write is stale and skipped, which is the point of the guard.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.errors import SinkError
 from replicator.events import ChangeEvent, Op, Origin, Position
-from replicator.mapping import Item, TableMapping, item_size
+from replicator.mapping import Item, TableMapping
 
 POS = "_pos"  # encoded Position of the change the item reflects
 SOURCE_MS = "_src_ms"  # commit time in PostgreSQL, for end-to-end latency
 DELETED = "_deleted"  # delete marker ("tombstone"): kept until TTL so old events cannot revive it
 META_ATTRIBUTES = (POS, SOURCE_MS, DELETED)
-_GUARD = f"attribute_not_exists({POS}) OR {POS} < :pos"
-_TRANSACTION_BYTES = 3_500_000  # DynamoDB allows 4 MB per transaction; leave room for overhead
+# Names through placeholders: real DynamoDB is stricter than the local endpoint about names
+# that start with '_' inside expressions.
+_GUARD = "attribute_not_exists(#pos) OR #pos < :pos"
+# An item DynamoDB refuses (too large, invalid value): dead-letter it, retrying cannot help.
+_REFUSED_ITEM_CODES = {"ValidationException", "ItemCollectionSizeLimitExceededException"}
 _RETRYABLE_REASONS = {
     "TransactionConflict",
     "ThrottlingError",
@@ -91,14 +94,15 @@ def plan(changes: Iterable[Change]) -> list[Write]:
         final = history[-1]
         event = final.event
         origins = tuple(c.event.origin for c in history)
+        item, keep = _fill_kept(history)
         writes.append(
             Write(
                 final.mapping,
                 final.key,
-                final.item if event.op is Op.UPSERT else None,
+                item if event.op is Op.UPSERT else None,
                 event.position,
                 event.source_ts_ms,
-                final.keep,
+                keep,
                 origins,
             )
         )
@@ -122,8 +126,26 @@ def plan(changes: Iterable[Change]) -> list[Write]:
     return writes
 
 
+def _fill_kept(history: list[Change]) -> tuple[Item | None, frozenset[str]]:
+    """The last change's item, with each value it did not send (TOAST) taken from the newest
+    earlier change of the batch that sent it: the stored item is older than the whole batch,
+    so keeping the stored value would lose that earlier change."""
+    final = history[-1]
+    if final.item is None or not final.keep:
+        return final.item, final.keep
+    item, keep = dict(final.item), set(final.keep)
+    for earlier in reversed(history[:-1]):
+        if earlier.item is None:
+            break  # a delete: the insert after it sent the full row
+        for name in [n for n in keep if n in earlier.item]:
+            item[name] = earlier.item[name]
+            keep.discard(name)
+    return item, frozenset(keep)
+
+
 def action(write: Write, now_s: int) -> dict[str, Any]:
-    """One guarded TransactWriteItems action for a write."""
+    """The guarded request for a write, as a TransactWriteItems action ({"Put": {...}} or
+    {"Update": {...}}); its body is also a valid PutItem/UpdateItem request."""
     mapping = write.mapping
     values: dict[str, Any] = {":pos": {"S": write.position.encode()}}
     if write.item is None:
@@ -140,6 +162,7 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
                 "TableName": mapping.name,
                 "Item": item,
                 "ConditionExpression": _GUARD,
+                "ExpressionAttributeNames": {"#pos": POS},
                 "ExpressionAttributeValues": values,
             }
         }
@@ -150,6 +173,7 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
                 "TableName": mapping.name,
                 "Item": item,
                 "ConditionExpression": _GUARD,
+                "ExpressionAttributeNames": {"#pos": POS},
                 "ExpressionAttributeValues": values,
             }
         }
@@ -181,7 +205,7 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
             "TableName": mapping.name,
             "Key": write.key,
             "UpdateExpression": expression,
-            "ConditionExpression": "attribute_not_exists(#pos) OR #pos < :pos",
+            "ConditionExpression": _GUARD,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
         }
@@ -189,50 +213,59 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
 
 
 class DynamoSink:
-    """Writes planned batches; returns per-write failures instead of raising for bad items."""
+    """Writes planned batches; returns per-write failures instead of raising for bad items.
 
-    def __init__(
-        self, client: Any, transaction_items: int = 100, parallel: int = 4, max_attempts: int = 8
-    ) -> None:
+    Writes that stand for the same events (a row's final item plus the delete markers of the
+    keys it left) form one unit. A unit of one write is a single conditional PutItem/UpdateItem
+    (one write unit in DynamoDB); a key move is one TransactWriteItems, so readers never see
+    the row at both keys or at neither. Units run concurrently, at most ``concurrency`` at once:
+    one row's writes are in one unit, so no two requests in flight touch the same item.
+    """
+
+    def __init__(self, client: Any, concurrency: int = 16, max_attempts: int = 8) -> None:
         self.client = client
-        self.transaction_items = transaction_items
         self.max_attempts = max_attempts
-        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sink")
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sink")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
     def write(self, writes: list[Write]) -> SinkResult:
         now_s = int(time.time())
-        chunks = list(self._chunks([(w, action(w, now_s)) for w in writes]))
+        units: dict[tuple[Origin, ...], list[tuple[Write, dict[str, Any]]]] = {}
+        for w in writes:
+            units.setdefault(w.origins, []).append((w, action(w, now_s)))
         result = SinkResult()
-        for part in self.pool.map(self._write_chunk, chunks):
+        for part in self.pool.map(self._write_unit, units.values()):
             result.applied += part.applied
             result.stale += part.stale
             result.failed += part.failed
         return result
 
-    def _chunks(
-        self, pairs: list[tuple[Write, dict[str, Any]]]
-    ) -> Iterable[list[tuple[Write, dict[str, Any]]]]:
-        chunk: list[tuple[Write, dict[str, Any]]] = []
-        size = 0
-        for pair in pairs:
-            write = pair[0]
-            weight = item_size(write.item or write.key) + 200
-            if chunk and (
-                len(chunk) >= self.transaction_items or size + weight > _TRANSACTION_BYTES
-            ):
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(pair)
-            size += weight
-        if chunk:
-            yield chunk
+    def _write_unit(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
+        if len(unit) == 1:
+            return self._write_one(*unit[0])
+        return self._write_transaction(unit)
 
-    def _write_chunk(self, chunk: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
+    def _write_one(self, write: Write, act: dict[str, Any]) -> SinkResult:
+        ((kind, request),) = act.items()
+        call = self.client.put_item if kind == "Put" else self.client.update_item
+        try:
+            call(**request)  # botocore retries throttling and 5xx with jittered backoff
+            return SinkResult(applied=1)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ConditionalCheckFailedException":
+                return SinkResult(stale=1)
+            if code in _REFUSED_ITEM_CODES:
+                return SinkResult(failed=[(write, f"{code}: {exc}")])
+            raise SinkError(f"DynamoDB write to {write.mapping.name} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise SinkError(f"DynamoDB unreachable: {exc}") from exc
+
+    def _write_transaction(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
         result = SinkResult()
-        pending = chunk
+        pending = unit
         for attempt in range(self.max_attempts):
             if not pending:
                 return result
@@ -242,47 +275,33 @@ class DynamoSink:
                 return result
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
-                if code == "TransactionCanceledException":
-                    reasons = exc.response.get("CancellationReasons") or []
-                    if len(reasons) != len(pending):
-                        raise SinkError(
-                            f"transaction cancelled without per-item reasons: {exc}"
-                        ) from exc
-                    retry = []
-                    for pair, reason in zip(pending, reasons, strict=True):
-                        reason_code = reason.get("Code") or "None"
-                        if reason_code == "ConditionalCheckFailed":
-                            result.stale += 1
-                        elif reason_code == "None" or reason_code in _RETRYABLE_REASONS:
-                            retry.append(pair)
-                        else:
-                            result.failed.append(
-                                (pair[0], f"{reason_code}: {reason.get('Message', '')}")
-                            )
-                    if len(retry) < len(pending) and not any(
-                        (r.get("Code") or "None") in _RETRYABLE_REASONS for r in reasons
-                    ):
-                        pending = retry  # only stale or failed ones dropped: retry at once
-                        continue
-                    pending = retry
-                elif code == "ValidationException":
-                    if len(pending) == 1:
-                        result.failed.append((pending[0][0], f"{code}: {exc}"))
-                        return result
-                    half = len(pending) // 2  # find the bad action by halving
-                    for part in (pending[:half], pending[half:]):
-                        sub = self._write_chunk(part)
-                        result.applied += sub.applied
-                        result.stale += sub.stale
-                        result.failed += sub.failed
+                if code in _REFUSED_ITEM_CODES:
+                    result.failed += [(w, f"{code}: {exc}") for w, _ in pending]
                     return result
-                elif code not in _RETRYABLE_REASONS and code not in (
-                    "ThrottlingException",
-                    "ProvisionedThroughputExceededException",
-                    "InternalServerError",
-                    "ServiceUnavailable",
-                ):
-                    raise SinkError(f"DynamoDB refused a batch: {exc}") from exc
+                if code != "TransactionCanceledException":
+                    raise SinkError(f"DynamoDB transaction failed: {exc}") from exc
+                reasons = exc.response.get("CancellationReasons") or []
+                if len(reasons) != len(pending):
+                    raise SinkError(
+                        f"transaction cancelled without per-item reasons: {exc}"
+                    ) from exc
+                retry, must_wait = [], False
+                for pair, reason in zip(pending, reasons, strict=True):
+                    reason_code = reason.get("Code") or "None"
+                    if reason_code == "ConditionalCheckFailed":
+                        result.stale += 1  # a newer change is stored: skipping is the point
+                    elif reason_code == "None":
+                        retry.append(pair)
+                    elif reason_code in _RETRYABLE_REASONS:
+                        retry.append(pair)
+                        must_wait = True
+                    else:
+                        result.failed.append(
+                            (pair[0], f"{reason_code}: {reason.get('Message', '')}")
+                        )
+                pending = retry
+                if not must_wait:
+                    continue  # only stale or refused actions dropped: retry the rest at once
             except BotoCoreError as exc:
                 if attempt == self.max_attempts - 1:
                     raise SinkError(f"DynamoDB unreachable: {exc}") from exc

@@ -435,6 +435,7 @@ class LocalStack:
             {
                 "bootstrap.servers": self.s.kafka.bootstrap_servers,
                 "socket.connection.setup.timeout.ms": 1000,
+                "log_level": 0,  # refused connections are expected while it starts
             }
         )
         try:

@@ -1,0 +1,106 @@
+"""Reading both stores in the shape the comparison needs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from replicator.mapping import Item, TableMapping, to_item
+from replicator.sink import DELETED, META_ATTRIBUTES
+
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def as_debezium(value: Any) -> Any:
+    """A PostgreSQL value as Debezium's JSON converter sends it (our connector settings)."""
+    if isinstance(value, dt.datetime):
+        return (value - _EPOCH) // dt.timedelta(microseconds=1)
+    if isinstance(value, dt.date):
+        return (value - _EPOCH.date()).days
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def source_rows(conn: psycopg.Connection[Any], mapping: TableMapping) -> list[dict[str, Any]]:
+    """Every row of the mapped table, enriched as the pipeline enriches it."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = [
+            {k: as_debezium(v) for k, v in r.items()}
+            for r in cur.execute(f"SELECT * FROM {mapping.source}")
+        ]
+        for lookup in mapping.lookups:
+            keys = list({r[lookup.using] for r in rows})
+            found = dict(tuple(r.values()) for r in cur.execute(lookup.sql, {"keys": keys}))
+            for row in rows:
+                row[lookup.column] = found.get(row[lookup.using])
+    return rows
+
+
+def expected_items(conn: psycopg.Connection[Any], mapping: TableMapping) -> dict[str, Any]:
+    items = {}
+    for row in source_rows(conn, mapping):
+        item, _ = to_item(mapping, row)
+        items[key_text(mapping, item)] = normalized(item)
+    return items
+
+
+def replica_items(client: Any, mapping: TableMapping) -> tuple[dict[str, Any], int]:
+    """Live items (meta attributes dropped) and the number of delete markers."""
+    items: dict[str, Any] = {}
+    markers = 0
+    for page in client.get_paginator("scan").paginate(TableName=mapping.name, ConsistentRead=True):
+        for item in page["Items"]:
+            if item.get(DELETED, {}).get("BOOL"):
+                markers += 1
+                continue
+            clean = {k: v for k, v in item.items() if k not in META_ATTRIBUTES}
+            items[key_text(mapping, clean)] = normalized(clean)
+    return items, markers
+
+
+def key_text(mapping: TableMapping, item: Item) -> str:
+    return "|".join(next(iter(item[a].values())) for a in mapping.key_attributes)
+
+
+def get_item(client: Any, table: str, key: Item) -> Item | None:
+    return client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+
+
+def visible(item: Item | None) -> Item | None:
+    """The item as a reader sees it: None for a delete marker, meta attributes dropped."""
+    if item is None or item.get(DELETED, {}).get("BOOL"):
+        return None
+    return {k: v for k, v in item.items() if k not in META_ATTRIBUTES}
+
+
+def normalized(item: Item | None) -> dict[str, Any] | None:
+    """Numbers as Decimal, so '0.10' and '0.1' (DynamoDB's canonical form) compare equal."""
+    if item is None:
+        return None
+    return {
+        k: ("N", Decimal(v["N"])) if "N" in v else next(iter(v.items())) for k, v in item.items()
+    }
+
+
+def wait_for(
+    check: Callable[[], Any],
+    timeout_s: float = 60,
+    interval_s: float = 0.1,
+    what: str = "condition",
+) -> Any:
+    """Poll until check() returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"{what} not reached within {timeout_s}s; last value: {last!r}")
