@@ -9,8 +9,9 @@ wire format ({"S": ...}, {"N": ...}, {"BOOL": ...}) so that no float ever touche
 from __future__ import annotations
 
 import datetime as dt
+import re
 import string
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,6 +29,7 @@ MAX_NUMBER_DIGITS = 38
 _EPOCH = dt.datetime(1970, 1, 1)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _FORMATTER = string.Formatter()
+_PLAIN_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
 
 class _Frozen(BaseModel):
@@ -110,6 +112,11 @@ class TableMapping(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> TableMapping:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"columns named twice: {sorted({n for n in names if names.count(n) > 1})}"
+            )
         columns = {c.name: c for c in self.columns}
         known = set(columns) | {lk.column for lk in self.lookups}
         for lookup in self.lookups:
@@ -261,12 +268,15 @@ def _exact_number(column: str, value: Any) -> str:
         )
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise MappingError(f"column {column!r}: expected a decimal string, got {value!r}")
-    try:
-        number = Decimal(value)
-    except InvalidOperation as exc:
-        raise MappingError(f"column {column!r}: {value!r} is not a decimal number") from exc
-    if not number.is_finite():
+    text = str(value)
+    if text.lstrip("+-").lower() in ("nan", "snan", "infinity", "inf"):
         raise MappingError(f"column {column!r}: {value!r} has no DynamoDB number form")
+    if not _PLAIN_NUMBER.fullmatch(text):
+        # Also refuses what Decimal() would forgive (" 1.5 ", "1_000"): DynamoDB would not.
+        raise MappingError(f"column {column!r}: {value!r} is not a decimal number")
+    number = Decimal(text)
+    if number and not -130 <= number.adjusted() <= 125:
+        raise MappingError(f"column {column!r}: {value!r} is outside DynamoDB's number range")
     digits = len(number.as_tuple().digits)
     if digits > MAX_NUMBER_DIGITS:
         raise MappingError(

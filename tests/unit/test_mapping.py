@@ -751,3 +751,21 @@ def test_sort_key_sorts_like_timestamp_then_log_id(a: tuple, b: tuple) -> None:
     sk_b = log_item(logtimestamp=b[0], logid=b[1])["SK"]["S"]
     assert (sk_a < sk_b) == (a < b)
     assert (sk_a == sk_b) == (a == b)
+
+
+def test_mapping_refuses_a_column_named_twice() -> None:
+    columns = small_mapping()["columns"] + [{"name": "id", "attribute": "Id2", "type": "int"}]
+    with pytest.raises(ValidationError, match=r"columns named twice: \['id'\]"):
+        TableMapping.model_validate(small_mapping(columns=columns))
+
+
+@pytest.mark.parametrize("amount", [" 1.5 ", "1_000", "+1.5", ".5"])
+def test_decimal_text_that_dynamodb_would_refuse_is_refused(amount: str) -> None:
+    with pytest.raises(MappingError, match="is not a decimal number"):
+        payment_item(paymentamount=amount)
+
+
+@pytest.mark.parametrize("amount", ["1E+126", "1E-131"])
+def test_decimal_outside_dynamodb_range_is_refused(amount: str) -> None:
+    with pytest.raises(MappingError, match="outside DynamoDB's number range"):
+        payment_item(paymentamount=amount)
