@@ -263,6 +263,77 @@ def run_consumer(
     )
 
 
+@app.command("demo")
+@friendly
+def demo(
+    steps: Annotated[int, typer.Option(help="Transactions of sample workload to write.")] = 150,
+) -> None:
+    """Bring up the local stack, write a sample workload to PostgreSQL, replicate it, and show
+    what arrived in DynamoDB."""
+    import time
+
+    import psycopg
+
+    from replicator.connector import ConnectClient
+    from replicator.dynamo import dynamodb_client
+    from replicator.log import configure
+    from replicator.pipeline import build
+    from replicator.stack import LocalStack
+    from replicator.tables import ensure_table
+    from replicator.workload import Workload
+
+    s = settings()
+    configure("WARNING")
+    LocalStack(s, _say).up()
+    client = ConnectClient(s)
+    client.apply(_connector_payload(s))
+    client.wait_running()
+    _say(f"connector {s.connector.name} running")
+    dynamo = dynamodb_client(s.dynamodb)
+    for mapping in s.tables:
+        ensure_table(dynamo, mapping)
+    with psycopg.connect(s.postgres.dsn(), autocommit=True) as conn:
+        workload = Workload(conn, seed=int(time.time()))
+        workload.ensure_loans(20)
+        for _ in range(steps):
+            workload.step()
+        c = workload.counts
+        _say(
+            f"wrote {c.inserts} inserts, {c.updates} updates ({c.key_moves} key moves), "
+            f"{c.deletes} deletes to PostgreSQL"
+        )
+        pipeline = build(s)
+        started = time.monotonic()
+        try:
+            stats = pipeline.run(
+                lambda st: time.monotonic() - st.last_record_at > 3 and st.consumed > 0
+            )
+        finally:
+            pipeline.close()
+        _say(
+            f"replicated {stats.consumed} events in {time.monotonic() - started:.1f}s "
+            f"(applied {stats.applied}, stale {stats.stale}, dead-lettered "
+            f"{stats.dead_lettered})"
+        )
+        table = Table("table", "PostgreSQL rows", "DynamoDB items", "delete markers")
+        for mapping in s.tables:
+            rows = conn.execute(f"SELECT count(*) FROM {mapping.source}").fetchone()[0]
+            live = markers = 0
+            for page in dynamo.get_paginator("scan").paginate(TableName=mapping.name):
+                for item in page["Items"]:
+                    if item.get("_deleted"):
+                        markers += 1
+                    else:
+                        live += 1
+            table.add_row(mapping.name, str(rows), str(live), str(markers))
+        out.print(table)
+        sample = dynamo.scan(TableName=s.tables[-1].name, Limit=5)["Items"]
+        sample = [i for i in sample if "_deleted" not in i][:1]
+        if sample:
+            out.print(f"a {s.tables[-1].name} item:")
+            out.print_json(json.dumps(sample[0]))
+
+
 def run() -> None:
     app()
 
