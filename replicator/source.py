@@ -48,8 +48,15 @@ class KafkaSource:
         log.info("partitions revoked", partitions=[(p.topic, p.partition) for p in partitions])
 
     def poll(self) -> list[Message]:
-        """Up to batch_size records; transport errors are logged (librdkafka retries them)."""
-        messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
+        """Up to batch_size records: waits up to poll_timeout_s for the first one, then takes
+        only what is already fetched, so a quiet stream is applied at once instead of waiting
+        for a full batch. Transport errors are logged (librdkafka retries them)."""
+        first = self.consumer.poll(self.settings.poll_timeout_s)
+        if first is None:
+            return []
+        messages = [first]
+        if self.settings.batch_size > 1:
+            messages += self.consumer.consume(self.settings.batch_size - 1, 0)
         good = []
         for message in messages:
             error = message.error()
