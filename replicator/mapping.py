@@ -9,6 +9,7 @@ wire format ({"S": ...}, {"N": ...}, {"BOOL": ...}) so that no float ever touche
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import re
 import string
 from decimal import Decimal
@@ -102,6 +103,11 @@ class TableMapping(_Frozen):
     ttl_attribute: str = "ExpiresAt"
     retention: Retention | None = None
     tombstone_days: int = Field(default=7, gt=0, description="how long delete markers are kept")
+    large_items: Literal["compress", "dead-letter"] = Field(
+        "compress",
+        description="an item over 400 KB: gzip its largest text columns (stored as "
+        "binary) until it fits, or dead-letter the event",
+    )
 
     @field_validator("source")
     @classmethod
@@ -375,9 +381,33 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
             expires = micros // 1_000_000 + mapping.retention.days * 86_400
             item[mapping.ttl_attribute] = {"N": str(expires)}
     size = item_size(item)
+    if size > MAX_ITEM_BYTES and mapping.large_items == "compress":
+        size = _compress_to_fit(mapping, item, size)
     if size > MAX_ITEM_BYTES:
         raise MappingError(f"item is {size} bytes, over DynamoDB's 400 KB limit")
     return item, unavailable
+
+
+def _compress_to_fit(mapping: TableMapping, item: Item, size: int) -> int:
+    """Gzip text columns, largest first, until the item fits; returns the new size.
+
+    A compressed column is stored as binary (B) under its usual name: readers gunzip a B value
+    of a text column. Compression is deterministic (no timestamp in the header), so the same row
+    always gives the same item.
+    """
+    texts = [c.attribute for c in mapping.columns if c.type in ("text", "json")]
+    for name in sorted(
+        (a for a in texts if "S" in item.get(a, {})), key=lambda a: -len(item[a]["S"])
+    ):
+        raw = item[name]["S"].encode()
+        packed = gzip.compress(raw, compresslevel=6, mtime=0)
+        if len(packed) >= len(raw):
+            continue
+        item[name] = {"B": packed}
+        size -= len(raw) - len(packed)
+        if size <= MAX_ITEM_BYTES:
+            break
+    return size
 
 
 def item_size(item: Item) -> int:
@@ -387,6 +417,8 @@ def item_size(item: Item) -> int:
         total += len(name.encode())
         if "S" in value:
             total += len(value["S"].encode())
+        elif "B" in value:
+            total += len(value["B"])
         elif "N" in value:
             total += len(value["N"]) // 2 + 2
         else:

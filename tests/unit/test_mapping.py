@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import random
+import string
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from replicator.config import default_tables, load_settings
 from replicator.decode import decode
 from replicator.errors import ConfigError, MappingError
 from replicator.events import ChangeEvent
-from replicator.mapping import UNAVAILABLE, TableMapping, to_item
+from replicator.mapping import UNAVAILABLE, TableMapping, item_size, to_item
 
 LOGS = "dbo.integrationlogs"
 PAYMENTS = "dbo.payments"
@@ -423,15 +426,48 @@ def test_toast_placeholder_in_a_key_column_is_refused() -> None:
 # --- size -----------------------------------------------------------------------------------
 
 
-def test_item_over_400_kb_is_refused() -> None:
+DEAD_LETTER_LARGE = INTEGRATION_LOGS.model_copy(update={"large_items": "dead-letter"})
+
+
+def incompressible(n_bytes: int) -> str:
+    rng = random.Random(n_bytes)
+    return "".join(
+        rng.choices(string.ascii_letters + string.digits + string.punctuation, k=n_bytes)
+    )
+
+
+def test_item_over_400_kb_is_refused_under_the_dead_letter_policy() -> None:
     with pytest.raises(MappingError, match="over DynamoDB's 400 KB limit"):
-        log_item(requestdata="x" * (400 * 1024))
+        to_item(DEAD_LETTER_LARGE, log_row(requestdata="x" * (400 * 1024)))
 
 
 def test_item_size_counts_utf8_bytes() -> None:
     # 110,000 characters, 440,000 bytes.
     with pytest.raises(MappingError, match="400 KB"):
-        log_item(requestdata="😀" * 110_000)
+        to_item(DEAD_LETTER_LARGE, log_row(requestdata="😀" * 110_000))
+
+
+def test_item_over_400_kb_gets_its_largest_text_gzipped_to_fit() -> None:
+    body = '{"scan": "' + "Zoë 🚀 " * 90_000 + '"}'
+    item = log_item(requestdata=body, responsedata='{"ok": true}')
+    assert gzip.decompress(item["RequestData"]["B"]).decode() == body
+    assert item["ResponseData"] == {"S": '{"ok": true}'}  # small columns stay text
+    assert item_size(item) <= 400 * 1024
+
+
+def test_compression_is_deterministic() -> None:
+    body = "y" * (500 * 1024)
+    assert log_item(requestdata=body) == log_item(requestdata=body)
+
+
+def test_compression_takes_the_largest_columns_first_and_stops_when_it_fits() -> None:
+    item = log_item(requestdata="a" * (300 * 1024), responsedata="b" * (200 * 1024))
+    assert "B" in item["RequestData"] and item["ResponseData"] == {"S": "b" * (200 * 1024)}
+
+
+def test_item_that_does_not_fit_even_compressed_is_refused() -> None:
+    with pytest.raises(MappingError, match="over DynamoDB's 400 KB limit"):
+        log_item(requestdata=incompressible(700 * 1024))
 
 
 def test_item_under_400_kb_is_accepted() -> None:
