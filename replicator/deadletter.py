@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.errors import ReplicatorError
@@ -75,3 +84,118 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = 1) -> Non
         if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return
         raise ReplicatorError(f"cannot create dead-letter topic {topic}: {exc}") from exc
+
+
+# --- tooling: list, show, replay ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parked:
+    """One record of the dead-letter topic."""
+
+    partition: int
+    offset: int
+    reason: str
+    error: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    time_ms: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+def read_parked(bootstrap_servers: str, topic: str, timeout_s: float = 15) -> list[Parked]:
+    """Every record in the dead-letter topic, up to the end offsets seen at the start."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "replicator-dlq-tool",
+            "enable.auto.commit": False,
+            "log_level": 3,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise ReplicatorError(f"dead-letter topic {topic} does not exist (nothing parked yet)")
+        ends = {}
+        for p in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        parked: list[Parked] = []
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error():
+                    continue
+                parked.append(_parked(message))
+                if message.offset() + 1 >= ends[message.partition()]:
+                    done.add(message.partition())
+        if len(done) < len(ends):
+            raise ReplicatorError(f"could not read all of {topic} within {timeout_s:.0f}s")
+        return parked
+    except KafkaException as exc:
+        raise ReplicatorError(f"cannot read dead-letter topic {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _parked(message: Message) -> Parked:
+    headers = {k: (v or b"").decode(errors="replace") for k, v in (message.headers() or [])}
+
+    def number(name: str) -> int:
+        try:
+            return int(headers.get(name, "-1"))
+        except ValueError:
+            return -1
+
+    return Parked(
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        reason=headers.get("dlq.reason", "?"),
+        error=headers.get("dlq.error", ""),
+        source_topic=headers.get("dlq.topic", ""),
+        source_partition=number("dlq.partition"),
+        source_offset=number("dlq.offset"),
+        time_ms=number("dlq.time_ms"),
+        key=message.key(),
+        value=message.value(),
+    )
+
+
+def replay(bootstrap_servers: str, records: list[Parked]) -> int:
+    """Produce the original bytes again to their source topics, for the consumers to apply now
+    that the cause is fixed. Safe to repeat: the position guard drops anything already newer."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap_servers, "acks": "all", "enable.idempotence": True}
+    )
+    errors: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            errors.append(error)
+
+    for record in records:
+        if not record.source_topic:
+            raise ReplicatorError(f"record {record.ref} has no dlq.topic header: cannot replay")
+        producer.produce(
+            record.source_topic,
+            key=record.key,
+            value=record.value,
+            headers=[("dlq.replayed_from", record.ref.encode())],
+            on_delivery=delivered,
+        )
+    remaining = producer.flush(30)
+    if remaining or errors:
+        raise ReplicatorError(f"replay: {remaining} undelivered, errors {errors[:3]}")
+    return len(records)

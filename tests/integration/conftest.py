@@ -93,12 +93,14 @@ class Consumer:
 @pytest.fixture(scope="session")
 def consumer_factory(
     stack: LocalStack, settings: Settings, dynamodb: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[str], tuple[Consumer, Settings]]]:
+) -> Iterator[Callable[..., tuple[Consumer, Settings]]]:
     """Make a consumer over its own DynamoDB tables (names + suffix) and its own group, so tests
     do not see each other's writes. Returns the consumer and its settings."""
     made: list[Consumer] = []
 
-    def make(suffix: str) -> tuple[Consumer, Settings]:
+    def make(
+        suffix: str, change: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[Consumer, Settings]:
         folder = tmp_path_factory.mktemp(f"consumer{suffix}")
         data = settings.model_dump(mode="json")
         for section in ("postgres",):
@@ -114,6 +116,8 @@ def consumer_factory(
         data["connector"]["template"] = str(ROOT / "connectors" / "postgres-source.json")
         for table in data["tables"]:
             table["name"] = f"{table['name']}{suffix}"
+        if change is not None:
+            change(data)
         config = folder / "replicator.yaml"
         config.write_text(yaml.safe_dump(data))
         own = load_settings(config)
