@@ -144,8 +144,16 @@ class TableMapping(_Frozen):
                     raise ValueError(
                         f"condition of {attr.attribute!r} names unknown column {name!r}"
                     )
+        # A key may simply be a column ("{noteid}" into the column's own attribute).
+        plain_keys = {
+            k.attribute
+            for k in filter(None, [self.partition_key, self.sort_key])
+            if any(
+                k.template == f"{{{c.name}}}" and k.attribute == c.attribute for c in self.columns
+            )
+        }
         attributes = (
-            [a.attribute for a in templated]
+            [a.attribute for a in templated if a.attribute not in plain_keys]
             + [columns[c].attribute for c in columns]
             + [self.ttl_attribute]
         )

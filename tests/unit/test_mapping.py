@@ -805,3 +805,18 @@ def test_decimal_text_that_dynamodb_would_refuse_is_refused(amount: str) -> None
 def test_decimal_outside_dynamodb_range_is_refused(amount: str) -> None:
     with pytest.raises(MappingError, match="outside DynamoDB's number range"):
         payment_item(paymentamount=amount)
+
+
+def test_a_key_may_be_a_column_in_its_own_attribute() -> None:
+    data = small_mapping(
+        partition_key={"attribute": "Id", "type": "N", "template": "{id}"}, sort_key=None
+    )
+    mapping = TableMapping.model_validate(data)
+    item, _ = to_item(mapping, {"id": 7, "kind": "k", "owner": None})
+    assert item == {"Id": {"N": "7"}, "Kind": {"S": "k"}}
+
+
+def test_a_templated_key_may_not_reuse_a_column_attribute() -> None:
+    data = small_mapping(partition_key={"attribute": "Kind", "template": "K#{kind}"})
+    with pytest.raises(ValidationError, match=r"attribute names used twice: \['Kind'\]"):
+        TableMapping.model_validate(data)
