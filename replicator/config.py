@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -77,8 +77,15 @@ class DynamoSettings(_Section):
     region: str = "us-east-1"
     access_key_id: str | None = "local"
     secret_access_key: SecretStr | None = SecretStr("local")
-    max_attempts: int = Field(10, gt=0, description="botocore retries on throttling and 5xx")
+    max_attempts: int = Field(
+        10, gt=0, description="attempts per request on throttling, 5xx and connection errors"
+    )
     concurrency: int = Field(16, ge=1, le=256, description="write requests in flight")
+    client: Literal["wire", "boto3"] = Field(
+        "wire",
+        description="the sink's writes: 'wire' sends the prepared requests as DynamoDB JSON "
+        "(signed by botocore, far less CPU per write); 'boto3' uses boto3's client",
+    )
 
 
 class StackSettings(_Section):

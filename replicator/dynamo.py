@@ -1,13 +1,24 @@
-"""The boto3 DynamoDB client, built once from the settings."""
+"""DynamoDB clients built once from the settings: boto3's for everything, and the sink's writer."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config
 
 from replicator.config import DynamoSettings
+from replicator.dynamo_wire import DynamoWireClient
+
+
+class DynamoWriter(Protocol):
+    """The three calls DynamoSink makes, with boto3's request and error shapes."""
+
+    def put_item(self, **request: Any) -> Any: ...
+
+    def update_item(self, **request: Any) -> Any: ...
+
+    def transact_write_items(self, **request: Any) -> Any: ...
 
 
 def dynamodb_client(settings: DynamoSettings, max_pool: int = 16) -> Any:
@@ -26,3 +37,11 @@ def dynamodb_client(settings: DynamoSettings, max_pool: int = 16) -> Any:
             read_timeout=30,
         ),
     )
+
+
+def dynamodb_writer(settings: DynamoSettings, max_pool: int = 16) -> DynamoWriter:
+    """The client the sink writes with: the lean wire client by default, boto3's on request
+    (``dynamodb.client: boto3``). Both take the same requests and raise the same errors."""
+    if settings.client == "wire":
+        return DynamoWireClient.from_settings(settings, max_pool)
+    return dynamodb_client(settings, max_pool)  # type: ignore[no-any-return]

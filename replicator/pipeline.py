@@ -199,14 +199,14 @@ def _complete(mapping: TableMapping, row: dict[str, Any]) -> bool:
 
 def build(settings: Settings, group_id: str | None = None) -> Pipeline:
     """Wire the stages from the settings."""
-    from replicator.dynamo import dynamodb_client
+    from replicator.dynamo import dynamodb_writer
 
     topics = [settings.topic_of(t) for t in settings.tables]
     if not topics:
         raise ReplicatorError("no tables are mapped: nothing to consume")
     source = KafkaSource(settings.kafka, topics, group_id)
     sink = DynamoSink(
-        dynamodb_client(settings.dynamodb, settings.dynamodb.concurrency),
+        dynamodb_writer(settings.dynamodb, settings.dynamodb.concurrency),
         settings.dynamodb.concurrency,
     )
     lookups = Lookups(settings.postgres.dsn())

@@ -1,0 +1,435 @@
+"""The wire client against a tiny local HTTP server with canned DynamoDB answers: what it sends
+(target, body, SigV4 headers that verify), and how each answer surfaces (results, ClientError
+codes, cancellation reasons, retries with backoff, transport failures)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.exceptions import (
+    BotoCoreError,
+    ChecksumError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+)
+from factories import create_record, log_row, update_record
+
+from replicator.config import DynamoSettings, default_tables
+from replicator.decode import decode
+from replicator.dynamo import dynamodb_writer
+from replicator.dynamo_wire import DynamoWireClient
+from replicator.events import ChangeEvent
+from replicator.pipeline import to_change
+from replicator.sink import DynamoSink, plan
+
+LOGS = "dbo.integrationlogs"
+MAPPINGS = {m.source: m for m in default_tables()}
+KEY_ID, SECRET = "AKIDTEST", "secret-test"
+TYPE = "com.amazonaws.dynamodb.v20120810#"
+PUT = {
+    "TableName": "T",
+    "Item": {"PK": {"S": "a"}, "Amount": {"N": "0.10"}, "Zoe": {"S": "Zoë 🙂"}},
+    "ConditionExpression": "attribute_not_exists(#pos) OR #pos < :pos",
+    "ExpressionAttributeNames": {"#pos": "_pos"},
+    "ExpressionAttributeValues": {":pos": {"S": "0001"}},
+}
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b"{}"
+    crc: str | None = "auto"  # "auto": the body's CRC32, as DynamoDB sends it
+    drop: bool = False  # close the connection without answering
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return orjson.loads(self.body)  # type: ignore[no-any-return]
+
+
+@dataclass
+class Endpoint:
+    """Answers requests with the scripted answers in order, then with ``default``."""
+
+    url: str = ""
+    script: list[Answer | Callable[[Seen], Answer]] = field(default_factory=list)
+    default: Answer | Callable[[Seen], Answer] = field(default_factory=Answer)
+    seen: list[Seen] = field(default_factory=list)
+    connections: set[int] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_answer(self, request: Seen) -> Answer:
+        with self.lock:
+            self.seen.append(request)
+            answer = self.script.pop(0) if self.script else self.default
+        return answer(request) if callable(answer) else answer
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    state = Endpoint()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as DynamoDB
+
+        def setup(self) -> None:
+            super().setup()  # headers and body go out in two writes: no Nagle delay between
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def do_POST(self) -> None:
+            state.connections.add(id(self.connection))
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            answer = state.next_answer(Seen(self.path, dict(self.headers.items()), body))
+            if answer.drop:
+                self.close_connection = True
+                return
+            self.send_response(answer.status)
+            self.send_header("Content-Type", "application/x-amz-json-1.0")
+            self.send_header("x-amzn-RequestId", "REQ1")
+            if answer.crc == "auto":
+                self.send_header("x-amz-crc32", str(zlib.crc32(answer.body)))
+            elif answer.crc is not None:
+                self.send_header("x-amz-crc32", answer.crc)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def client(
+    url: str, sleeps: list[float] | None = None, token: str | None = None, **kwargs: Any
+) -> DynamoWireClient:
+    recorded = sleeps if sleeps is not None else []
+    return DynamoWireClient(
+        url,
+        "eu-west-1",
+        Credentials(KEY_ID, SECRET, token),
+        sleep=recorded.append,
+        **kwargs,
+    )
+
+
+def error(code: str, message: str = "no", status: int = 400, **members: Any) -> Answer:
+    return Answer(status, orjson.dumps({"__type": TYPE + code, "message": message, **members}))
+
+
+# --- what goes on the wire --------------------------------------------------------------------
+
+
+def test_put_item_posts_the_request_as_dynamodb_json(endpoint: Endpoint) -> None:
+    endpoint.default = Answer(body=b'{"ConsumedCapacity": {"TableName": "T", "CapacityUnits": 1}}')
+    result = client(endpoint.url).put_item(**PUT)
+    (seen,) = endpoint.seen
+    assert seen.path == "/"
+    assert seen.headers["X-Amz-Target"] == "DynamoDB_20120810.PutItem"
+    assert seen.headers["Content-Type"] == "application/x-amz-json-1.0"
+    assert seen.json == PUT  # numbers stay strings, unicode intact
+    assert result["ConsumedCapacity"] == {"TableName": "T", "CapacityUnits": 1}
+    assert result["ResponseMetadata"] == {"RequestId": "REQ1", "HTTPStatusCode": 200}
+
+
+def test_update_and_transaction_targets(endpoint: Endpoint) -> None:
+    c = client(endpoint.url)
+    update = {
+        "TableName": "T",
+        "Key": {"PK": {"S": "a"}},
+        "UpdateExpression": "SET #a = :a REMOVE #b",
+        "ExpressionAttributeNames": {"#a": "A", "#b": "B"},
+        "ExpressionAttributeValues": {":a": {"BOOL": True}},
+    }
+    c.update_item(**update)
+    c.transact_write_items(TransactItems=[{"Put": PUT}, {"Update": update}])
+    first, second = endpoint.seen
+    assert first.headers["X-Amz-Target"] == "DynamoDB_20120810.UpdateItem"
+    assert first.json == update
+    assert second.headers["X-Amz-Target"] == "DynamoDB_20120810.TransactWriteItems"
+    assert second.json["TransactItems"] == [{"Put": PUT}, {"Update": update}]
+    assert len(second.json["ClientRequestToken"]) == 36  # idempotent retries, as botocore
+
+
+def test_binary_values_are_base64_on_the_wire(endpoint: Endpoint) -> None:
+    packed = b"\x1f\x8b\x00binary"
+    client(endpoint.url).put_item(TableName="T", Item={"PK": {"S": "a"}, "Body": {"B": packed}})
+    assert endpoint.seen[0].json["Item"]["Body"] == {"B": base64.b64encode(packed).decode()}
+
+
+def test_requests_are_signed_with_sigv4_and_the_signature_verifies(endpoint: Endpoint) -> None:
+    client(endpoint.url, token="session-token").put_item(**PUT)
+    (seen,) = endpoint.seen
+    auth = seen.headers["Authorization"]
+    amz_date = seen.headers["X-Amz-Date"]
+    assert seen.headers["X-Amz-Security-Token"] == "session-token"
+    assert auth.startswith(
+        f"AWS4-HMAC-SHA256 Credential={KEY_ID}/{amz_date[:8]}/eu-west-1/dynamodb/aws4_request, "
+    )
+    signed = auth.split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert {"content-type", "host", "x-amz-date", "x-amz-target"} <= set(signed)
+    # Verify as the service would: recompute the signature from what arrived.
+    request = AWSRequest(
+        method="POST",
+        url=endpoint.url + seen.path,
+        data=seen.body,
+        headers={
+            name: seen.headers[next(h for h in seen.headers if h.lower() == name)]
+            for name in signed
+        },
+    )
+    request.context["timestamp"] = amz_date
+    signer = SigV4Auth(
+        ReadOnlyCredentials(KEY_ID, SECRET, "session-token"), "dynamodb", "eu-west-1"
+    )
+    string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
+    assert auth.endswith(f"Signature={signer.signature(string_to_sign, request)}")
+
+
+def test_connections_are_pooled_and_kept_alive(endpoint: Endpoint) -> None:
+    c = client(endpoint.url)
+    for _ in range(5):
+        c.put_item(**PUT)
+    assert len(endpoint.seen) == 5
+    assert len(endpoint.connections) == 1
+
+
+def test_concurrent_calls_each_get_their_own_answer(endpoint: Endpoint) -> None:
+    def echo(seen: Seen) -> Answer:  # the answer names the table asked for
+        return Answer(body=orjson.dumps({"Attributes": {"T": {"S": seen.json["TableName"]}}}))
+
+    endpoint.script = [echo] * 200
+    c = client(endpoint.url, max_pool=4)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: c.put_item(TableName=f"T{i}", Item={}), range(200)))
+    assert [r["Attributes"]["T"]["S"] for r in results] == [f"T{i}" for i in range(200)]
+    assert len(endpoint.connections) <= 4
+
+
+# --- errors as DynamoSink reads them ----------------------------------------------------------
+
+
+def test_conditional_check_failure_is_a_client_error_with_its_members(endpoint: Endpoint) -> None:
+    endpoint.script = [
+        error("ConditionalCheckFailedException", "The conditional request failed", Item=PUT["Item"])
+    ]
+    sleeps: list[float] = []
+    with pytest.raises(ClientError) as caught:
+        client(endpoint.url, sleeps).put_item(**PUT)
+    response = caught.value.response
+    assert response["Error"] == {
+        "Code": "ConditionalCheckFailedException",
+        "Message": "The conditional request failed",
+    }
+    assert response["Item"] == PUT["Item"]  # ReturnValuesOnConditionCheckFailure=ALL_OLD
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert caught.value.operation_name == "PutItem"
+    assert len(endpoint.seen) == 1 and sleeps == []  # never retried
+
+
+def test_transaction_cancellation_carries_reasons_in_order(endpoint: Endpoint) -> None:
+    reasons = [
+        {"Code": "None"},
+        {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"},
+        {"Code": "None"},
+    ]
+    endpoint.script = [
+        error("TransactionCanceledException", "Transaction cancelled", CancellationReasons=reasons)
+    ]
+    with pytest.raises(ClientError) as caught:
+        client(endpoint.url).transact_write_items(TransactItems=[{"Put": PUT}] * 3)
+    assert caught.value.response["Error"]["Code"] == "TransactionCanceledException"
+    assert caught.value.response["CancellationReasons"] == reasons
+    assert caught.value.operation_name == "TransactWriteItems"
+    assert len(endpoint.seen) == 1
+
+
+def test_validation_errors_are_not_retried(endpoint: Endpoint) -> None:
+    endpoint.script = [error("ValidationException", "Item size has exceeded the maximum")]
+    with pytest.raises(ClientError) as caught:
+        client(endpoint.url).update_item(TableName="T", Key={})
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    assert len(endpoint.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"],
+)
+def test_throttling_is_retried_with_full_jitter_backoff(endpoint: Endpoint, code: str) -> None:
+    endpoint.script = [error(code), error(code), error(code)]
+    sleeps: list[float] = []
+    result = client(endpoint.url, sleeps, backoff_base_s=0.1, backoff_cap_s=0.25).put_item(**PUT)
+    assert result["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert len(endpoint.seen) == 4
+    assert [seen.body for seen in endpoint.seen] == [endpoint.seen[0].body] * 4
+    # Full jitter: each wait is drawn from [0, min(cap, base * 2^n)].
+    assert len(sleeps) == 3
+    for n, wait in enumerate(sleeps):
+        assert 0 <= wait <= min(0.25, 0.1 * 2**n)
+
+
+def test_full_jitter_spreads_the_waits(endpoint: Endpoint) -> None:
+    endpoint.script = [error("ThrottlingException"), Answer()] * 60
+    sleeps: list[float] = []
+    c = client(endpoint.url, sleeps, max_attempts=2, backoff_base_s=1.0, backoff_cap_s=1.0)
+    for _ in range(60):
+        c.put_item(**PUT)
+    assert len(sleeps) == 60
+    assert min(sleeps) < 0.3 and max(sleeps) > 0.7  # drawn from [0, 1], not fixed
+
+
+def test_5xx_is_retried_until_max_attempts_then_raised(endpoint: Endpoint) -> None:
+    endpoint.default = error("InternalServerError", "Internal server error", status=500)
+    sleeps: list[float] = []
+    with pytest.raises(ClientError) as caught:
+        client(endpoint.url, sleeps, max_attempts=4).put_item(**PUT)
+    assert caught.value.response["Error"]["Code"] == "InternalServerError"
+    assert len(endpoint.seen) == 4
+    assert len(sleeps) == 3
+
+
+def test_a_non_json_5xx_is_named_by_its_status_and_retried(endpoint: Endpoint) -> None:
+    endpoint.script = [Answer(503, b"<html>Service Unavailable</html>")]
+    result = client(endpoint.url).put_item(**PUT)
+    assert result["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert len(endpoint.seen) == 2
+
+    endpoint.seen.clear()
+    endpoint.default = Answer(503, b"<html>Service Unavailable</html>")
+    with pytest.raises(ClientError) as caught:
+        client(endpoint.url, max_attempts=2).put_item(**PUT)
+    assert caught.value.response["Error"] == {
+        "Code": "503",
+        "Message": "<html>Service Unavailable</html>",
+    }
+    assert len(endpoint.seen) == 2
+
+
+def test_a_dropped_connection_is_retried(endpoint: Endpoint) -> None:
+    endpoint.script = [Answer(drop=True)]
+    sleeps: list[float] = []
+    client(endpoint.url, sleeps).put_item(**PUT)
+    assert len(endpoint.seen) == 2 and len(sleeps) == 1
+
+    endpoint.default = Answer(drop=True)
+    with pytest.raises(ConnectionClosedError):
+        client(endpoint.url, max_attempts=3).put_item(**PUT)
+
+
+def test_a_corrupted_answer_fails_its_checksum_and_is_retried(endpoint: Endpoint) -> None:
+    endpoint.script = [Answer(crc="12345")]
+    client(endpoint.url).put_item(**PUT)
+    assert len(endpoint.seen) == 2
+
+    endpoint.default = Answer(crc="12345")
+    with pytest.raises(ChecksumError):
+        client(endpoint.url, max_attempts=2).put_item(**PUT)
+
+
+def test_the_transaction_token_is_kept_across_retries(endpoint: Endpoint) -> None:
+    endpoint.script = [error("ThrottlingException")]
+    client(endpoint.url).transact_write_items(TransactItems=[{"Put": PUT}])
+    first, second = endpoint.seen
+    assert first.json["ClientRequestToken"] == second.json["ClientRequestToken"]
+
+
+def test_an_unreachable_endpoint_is_a_botocore_error_after_retries() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeps: list[float] = []
+    with pytest.raises(EndpointConnectionError) as caught:
+        client(f"http://127.0.0.1:{port}", sleeps, max_attempts=3).put_item(**PUT)
+    assert isinstance(caught.value, BotoCoreError)  # what DynamoSink turns into SinkError
+    assert len(sleeps) == 2
+
+
+# --- DynamoSink on the wire client --------------------------------------------------------
+
+
+def _writes(*records: Any) -> list[Any]:
+    changes = []
+    for rec in records:
+        event = decode(rec.key, rec.value, rec.origin)
+        assert isinstance(event, ChangeEvent)
+        changes.append(to_change(MAPPINGS[event.table], event))
+    return plan(changes)
+
+
+def test_dynamo_sink_reads_the_wire_clients_errors(endpoint: Endpoint) -> None:
+    def by_target(seen: Seen) -> Answer:
+        item = seen.json.get("Item", {})
+        if len(seen.json.get("TransactItems", [])) == 2:
+            reasons = [{"Code": "None"}, {"Code": "ConditionalCheckFailed", "Message": "no"}]
+            return error("TransactionCanceledException", CancellationReasons=reasons)
+        if item.get("LogId") == {"N": "2"}:
+            return error("ConditionalCheckFailedException")
+        if item.get("LogId") == {"N": "3"}:
+            return error("ValidationException", "Item size has exceeded the maximum allowed size")
+        return Answer()
+
+    endpoint.default = by_target
+    moved = log_row(logid=4, servicename="EmailService")
+    writes = _writes(
+        create_record(LOGS, log_row(logid=1)),
+        create_record(LOGS, log_row(logid=2)),
+        create_record(LOGS, log_row(logid=3)),
+        update_record(LOGS, log_row(logid=4), moved),  # key move: one transaction
+    )
+    sink = DynamoSink(client(endpoint.url), concurrency=4)
+    try:
+        result = sink.write(writes)
+    finally:
+        sink.close()
+    # Log 1 applied; 2 stale; 3 refused. The move's transaction is cancelled by its marker's
+    # condition (a newer change at the old key): the put alone is retried and applied.
+    assert (result.applied, result.stale) == (2, 2)
+    assert [w.item["LogId"] for w, _ in result.failed if w.item] == [{"N": "3"}]
+    assert "ValidationException" in result.failed[0][1]
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_settings_choose_the_writer() -> None:
+    assert isinstance(dynamodb_writer(DynamoSettings()), DynamoWireClient)
+    boto = dynamodb_writer(DynamoSettings(client="boto3"))
+    assert not isinstance(boto, DynamoWireClient)
+    assert boto.meta.service_model.service_name == "dynamodb"
+    with pytest.raises(ValueError):
+        DynamoSettings(client="http")  # type: ignore[arg-type]
+
+
+def test_without_an_endpoint_url_the_regional_aws_endpoint_is_used() -> None:
+    wire = dynamodb_writer(DynamoSettings(endpoint_url=None, region="eu-central-1"))
+    assert isinstance(wire, DynamoWireClient)
+    assert wire.endpoint_url == "https://dynamodb.eu-central-1.amazonaws.com"
