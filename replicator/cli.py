@@ -26,11 +26,16 @@ stack_app = typer.Typer(help="The local stack (plain processes).", no_args_is_he
 connector_app = typer.Typer(help="The Debezium connector in Kafka Connect.", no_args_is_help=True)
 tables_app = typer.Typer(help="DynamoDB tables built from the mappings.", no_args_is_help=True)
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+postgres_app = typer.Typer(
+    help="The source PostgreSQL: what CDC needs (replication role, publication, heartbeat).",
+    no_args_is_help=True,
+)
 dlq_app = typer.Typer(help="The dead-letter topic: list, show, replay.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(connector_app, name="connector")
 app.add_typer(tables_app, name="tables")
 app.add_typer(config_app, name="config")
+app.add_typer(postgres_app, name="postgres")
 app.add_typer(dlq_app, name="dlq")
 
 out = Console()
@@ -152,9 +157,33 @@ def _connector_payload(s: Settings) -> dict[str, str]:
 
 @connector_app.command("show")
 @friendly
-def connector_show() -> None:
+def connector_show(
+    kafka_connector: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka-connector",
+            metavar="CONNECT_CLUSTER",
+            help="Print it as a Strimzi KafkaConnector resource (YAML) for this KafkaConnect "
+            "cluster instead; set connector.password_ref to the secret's reference.",
+        ),
+    ] = None,
+) -> None:
     """Print the connector config that `apply` would send."""
-    out.print_json(json.dumps(_connector_payload(settings())))
+    s = settings()
+    if kafka_connector is None:
+        out.print_json(json.dumps(_connector_payload(s)))
+        return
+    import yaml
+
+    from replicator.connector import kafka_connector_resource
+
+    if s.connector.password_ref is None:
+        raise ReplicatorError(
+            "connector.password_ref is not set: a KafkaConnector needs the secret's reference "
+            "(e.g. '${directory:/mnt/debezium-postgres:password}'), never the secret itself"
+        )
+    resource = kafka_connector_resource(s, _connector_payload(s), kafka_connector)
+    typer.echo(yaml.safe_dump(resource, sort_keys=False, width=1000), nl=False)
 
 
 @connector_app.command("apply")
@@ -207,6 +236,33 @@ def connector_restart() -> None:
     client.restart()
     client.wait_running()
     _say("connector restarted and running")
+
+
+# --- postgres -------------------------------------------------------------------------------
+
+
+@postgres_app.command("sql")
+@friendly
+def postgres_sql() -> None:
+    """Print the SQL that prepares PostgreSQL for CDC (REPLICA IDENTITY FULL, heartbeat and signal
+    tables, replication role, publication), without the password, to review and run with psql."""
+    from replicator.postgres import printable_script
+
+    typer.echo(printable_script(settings()), nl=False)
+
+
+@postgres_app.command("prepare")
+@friendly
+def postgres_prepare() -> None:
+    """Run that SQL as postgres.user (the tables' owner); idempotent."""
+    from replicator.postgres import prepare
+
+    s = settings()
+    prepare(s)
+    _say(
+        f"{s.postgres.database}: publication {s.connector.publication_name} of "
+        f"{', '.join(t.source for t in s.tables)}; role {s.postgres.replication_user}"
+    )
 
 
 # --- tables and run ---------------------------------------------------------------------------

@@ -130,3 +130,27 @@ class ConnectClient:
         raise ConnectorError(
             f"connector {self.name!r} not RUNNING after {timeout_s:.0f}s: {status}"
         )
+
+
+def kafka_connector_resource(
+    settings: Settings, config: dict[str, str], connect_cluster: str
+) -> dict[str, Any]:
+    """The same connector as a Strimzi KafkaConnector resource (kafka.strimzi.io/v1), for a
+    KafkaConnect cluster that runs with ``strimzi.io/use-connector-resources``."""
+    config = dict(config)
+    connector_class = config.pop("connector.class")
+    tasks = int(config.pop("tasks.max", "1"))
+    return {
+        "apiVersion": "kafka.strimzi.io/v1",
+        "kind": "KafkaConnector",
+        "metadata": {
+            "name": settings.connector.name,
+            "labels": {"strimzi.io/cluster": connect_cluster},
+        },
+        "spec": {
+            "class": connector_class,
+            "tasksMax": tasks,
+            "autoRestart": {"enabled": True},
+            "config": config,
+        },
+    }

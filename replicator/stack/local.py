@@ -30,6 +30,7 @@ from psycopg import sql
 
 from replicator.config import Settings
 from replicator.errors import StackError
+from replicator.postgres import prepare
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
@@ -259,40 +260,10 @@ class LocalStack:
             ).fetchone()
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(pg.database)))
-        sql_dir = resources.files("replicator.stack").joinpath("sql")
-        tables = [sql.Identifier(*t.source.split(".")) for t in self.s.tables]
+        schema = resources.files("replicator.stack").joinpath("sql", "source_schema.sql")
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(sql_dir.joinpath("source_schema.sql").read_text())
-            for table in tables:
-                conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table))
-            publication = self.s.connector.publication_name
-            exists = conn.execute(
-                "SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]
-            ).fetchone()
-            verb = (
-                "ALTER PUBLICATION {} SET TABLE {}"
-                if exists
-                else "CREATE PUBLICATION {} FOR TABLE {}"
-            )
-            statement = sql.SQL(verb).format(
-                sql.Identifier(publication),
-                sql.SQL(", ").join(
-                    [
-                        *tables,
-                        sql.Identifier("dbo", "debezium_heartbeat"),
-                        sql.Identifier("dbo", "debezium_signal"),
-                    ]
-                ),
-            )
-            script = sql.SQL(sql_dir.joinpath("replication.sql").read_text()).format(
-                tables=sql.SQL(", ").join(tables),
-                role=sql.Identifier(pg.replication_user),
-                role_name=sql.Literal(pg.replication_user),
-                password=sql.Literal(pg.replication_password.get_secret_value()),
-                database=sql.Identifier(pg.database),
-                publication_statement=statement,
-            )
-            conn.execute(script)
+            conn.execute(schema.read_text())
+            prepare(self.s, conn)
 
     # --- kafka and connect ------------------------------------------------------------------
 

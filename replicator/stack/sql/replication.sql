@@ -1,6 +1,8 @@
 -- What CDC needs from the source database, run once by an administrator. Idempotent.
--- Filled by the local stack with psycopg's SQL composition (braced names below): tables is the
--- list of replicated tables; role and database are identifiers, role_name and password literals.
+-- Filled by replicator/postgres.py with psycopg's SQL composition (braced names below): tables is
+-- the list of replicated tables; role and database are identifiers, role_name a literal and
+-- password an SQL expression. `replicator postgres sql` prints the filled script;
+-- `replicator postgres prepare` (and the local stack) runs it.
 -- (REPLICA IDENTITY FULL on each replicated table is set just before this script.)
 
 -- Heartbeats: Debezium upserts here so the slot advances while the tables are idle.
@@ -25,5 +27,5 @@ GRANT SELECT, INSERT, DELETE ON dbo.debezium_signal TO {role};
 
 -- A publication of exactly the replicated tables, plus the heartbeat and signal tables that
 -- Debezium must see; made here so the connector needs no table ownership (autocreate disabled).
--- The statement is CREATE PUBLICATION ... FOR TABLE, or ALTER ... SET TABLE when it exists.
+-- The statement creates the publication FOR TABLE ..., or SETs its TABLEs when it exists.
 {publication_statement};
