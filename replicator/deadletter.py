@@ -19,6 +19,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.errors import ReplicatorError
 
+# The part of kafka.extra that every client needs to reach the brokers (TLS, SASL); the rest
+# (session timeouts and the like) is the consumer's own.
+_CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.")
+
+
+def connection_settings(extra: dict[str, str]) -> dict[str, str]:
+    """The librdkafka settings of ``extra`` that the producer and admin client need too."""
+    return {k: v for k, v in extra.items() if k.startswith(_CONNECTION_PREFIXES)}
+
 
 class DeadLetters:
     def __init__(
@@ -70,9 +79,14 @@ class DeadLetters:
             )
 
 
-def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = 1) -> None:
+def ensure_topic(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int = 1,
+    extra: dict[str, str] | None = None,
+) -> None:
     """Create the dead-letter topic if missing (kept for a long time: it is evidence)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
     try:
         if topic in admin.list_topics(timeout=10).topics:
             return

@@ -14,7 +14,7 @@ from confluent_kafka import Message
 
 from replicator import checkpoint
 from replicator.config import Settings
-from replicator.deadletter import DeadLetters, ensure_topic
+from replicator.deadletter import DeadLetters, connection_settings, ensure_topic
 from replicator.decode import decode
 from replicator.errors import (
     DecodeError,
@@ -210,6 +210,8 @@ def build(settings: Settings, group_id: str | None = None) -> Pipeline:
         settings.dynamodb.concurrency,
     )
     lookups = Lookups(settings.postgres.dsn())
-    ensure_topic(settings.kafka.bootstrap_servers, settings.kafka.dead_letter_topic)
-    dead_letters = DeadLetters(settings.kafka.bootstrap_servers, settings.kafka.dead_letter_topic)
+    kafka = settings.kafka
+    connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
+    ensure_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, extra=connection)
+    dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
     return Pipeline(settings, source, sink, lookups, dead_letters)

@@ -14,12 +14,11 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from replicator.config import Settings, load_settings
+from replicator.config import Settings
 from replicator.decode import decode
 from replicator.errors import DecodeError, MappingError
 from replicator.events import Op, Origin, Position, Skip
@@ -48,15 +47,15 @@ class Slot:
 def test_sigterm_mid_stream_commits_exactly_what_was_applied_and_leaves_the_group(
     consumer_factory: Any, settings: Settings, dynamodb: Any
 ) -> None:
-    consumer, own = consumer_factory("_term")
-    # Its own dead-letter topic, so the test knows which records were parked; a long session
-    # timeout, so a member that did not leave the group would still be listed afterwards.
     dead_letter_topic = f"replicator.dead-letter.test-term-{uuid.uuid4().hex[:8]}"
-    data = yaml.safe_load(consumer.config.read_text())
-    data["kafka"]["dead_letter_topic"] = dead_letter_topic
-    data["kafka"]["extra"] = {"session.timeout.ms": "45000", "heartbeat.interval.ms": "3000"}
-    consumer.config.write_text(yaml.safe_dump(data))
-    own = load_settings(consumer.config)
+
+    def change(data: dict[str, Any]) -> None:
+        # Its own dead-letter topic, so the test knows which records were parked; a long
+        # session timeout, so a member that did not leave the group would still be listed.
+        data["kafka"]["dead_letter_topic"] = dead_letter_topic
+        data["kafka"]["extra"] = {"session.timeout.ms": "45000", "heartbeat.interval.ms": "3000"}
+
+    consumer, own = consumer_factory("_term", change)
     group = own.kafka.group_id
     bootstrap = own.kafka.bootstrap_servers
     admin = AdminClient({"bootstrap.servers": bootstrap})
