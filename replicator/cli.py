@@ -71,7 +71,7 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ReplicatorError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
