@@ -34,6 +34,14 @@ class PostgresSettings(_Section):
     replication_user: str = "debezium"
     replication_password: SecretStr = SecretStr("debezium")
     schema_name: str = "dbo"
+    lookup_dsn: SecretStr | None = Field(
+        None,
+        description="where enrichment lookups read (a read replica, say); unset: the "
+        "connection above",
+    )
+
+    def lookups(self) -> str:
+        return self.lookup_dsn.get_secret_value() if self.lookup_dsn else self.dsn()
 
     def dsn(self, *, replication_role: bool = False) -> str:
         user = self.replication_user if replication_role else self.user

@@ -209,7 +209,7 @@ def build(settings: Settings, group_id: str | None = None) -> Pipeline:
         dynamodb_writer(settings.dynamodb, settings.dynamodb.concurrency),
         settings.dynamodb.concurrency,
     )
-    lookups = Lookups(settings.postgres.dsn())
+    lookups = Lookups(settings.postgres.lookups())
     kafka = settings.kafka
     connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
     ensure_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, extra=connection)
