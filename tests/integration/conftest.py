@@ -99,9 +99,11 @@ def consumer_factory(
     made: list[Consumer] = []
 
     def make(
-        suffix: str, change: Callable[[dict[str, Any]], None] | None = None
+        suffix: str,
+        change: Callable[[dict[str, Any]], None] | None = None,
+        keep_tables: bool = False,
     ) -> tuple[Consumer, Settings]:
-        folder = tmp_path_factory.mktemp(f"consumer{suffix}")
+        folder = tmp_path_factory.mktemp(f"consumer{suffix}")  # numbered: a new folder each time
         data = settings.model_dump(mode="json")
         for section in ("postgres",):
             for secret in ("password", "replication_password"):
@@ -122,8 +124,9 @@ def consumer_factory(
         config.write_text(yaml.safe_dump(data))
         own = load_settings(config)
         for mapping in own.tables:  # fresh tables: no test sees another session's items
-            with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
-                dynamodb.delete_table(TableName=mapping.name)
+            if not keep_tables:
+                with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
+                    dynamodb.delete_table(TableName=mapping.name)
             ensure_table(dynamodb, mapping)
         consumer = Consumer(config, stack.logs / f"consumer{suffix}.log")
         made.append(consumer)

@@ -104,3 +104,20 @@ def wait_for(
             return last
         time.sleep(interval_s)
     raise AssertionError(f"{what} not reached within {timeout_s}s; last value: {last!r}")
+
+
+def caught_up(bootstrap_servers: str, group: str, topics: list[str]) -> bool:
+    """Whether the group has committed every partition of the topics up to its end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "log_level": 3})
+    try:
+        partitions = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in probe.list_topics(t, timeout=10).topics[t].partitions
+        ]
+        committed = probe.committed(partitions, timeout=10)
+        return all(tp.offset >= probe.get_watermark_offsets(tp, timeout=10)[1] for tp in committed)
+    finally:
+        probe.close()

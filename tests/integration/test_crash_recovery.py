@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from replicator.config import Settings
+from replicator.config import Settings, load_settings
 from replicator.workload import Workload
-from tests.integration.helpers import expected_items, replica_items, wait_for
+from tests.integration.helpers import caught_up, expected_items, replica_items, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -61,7 +61,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         def converged() -> bool:
             return all(replica_items(dynamodb, m)[0] == expected_items(conn, m) for m in own.tables)
 
-        wait_for(converged, 120, interval_s=1.0, what="DynamoDB equal to PostgreSQL")
+        wait_for(converged, 300, interval_s=2.0, what="DynamoDB equal to PostgreSQL")
         for mapping in own.tables:
             replica, _markers = replica_items(dynamodb, mapping)
             expected = expected_items(conn, mapping)
@@ -69,7 +69,23 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
             assert replica == expected
         counts = workload.counts
         assert counts.key_moves > 0 and counts.deletes > 0 and counts.updates > 0
-    assert consumer.stop() == 0
+        assert consumer.stop() == 0
+
+        # Replaying both topics from the beginning (a new group) changes nothing.
+        before = {m.name: replica_items(dynamodb, m)[0] for m in own.tables}
+        replay = consumer_factory("_kill", keep_tables=True)[0]
+        replay.start()
+        group = load_settings(replay.config).kafka.group_id
+        wait_for(
+            lambda: caught_up(
+                settings.kafka.bootstrap_servers, group, [settings.topic_of(m) for m in own.tables]
+            ),
+            300,
+            interval_s=1.0,
+            what="replay caught up",
+        )
+        assert replay.stop() == 0
+        assert {m.name: replica_items(dynamodb, m)[0] for m in own.tables} == before
 
 
 def _live_count(client: Any, table: str) -> int:
