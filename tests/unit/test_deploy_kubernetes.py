@@ -11,6 +11,7 @@ import copy
 import os
 import re
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from functools import cache
 from pathlib import Path
@@ -411,3 +412,50 @@ def test_the_example_overlay_sets_namespace_image_role_and_hosts(
     s = pod_settings(overlay, tmp_path, monkeypatch)
     assert s.postgres.host != "postgres.example.internal"
     assert one(overlay, "KafkaConnector")["spec"]["config"]["database.hostname"] == s.postgres.host
+
+
+def test_the_regeneration_command_in_the_header_prints_the_committed_resource() -> None:
+    path = K8S / "base" / "kafkaconnector.yaml"
+    header = "".join(line.lstrip("# ") for line in path.read_text().splitlines()[1:3])
+    command = header.split(" > ")[0].replace("\\", " ").split()
+    assert command[:2] == ["replicator", "--config"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "replicator.cli", *command[1:]],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout) == yaml.safe_load(path.read_text())
+
+
+def test_a_kafka_connector_is_never_rendered_with_the_secret_itself(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "replicator.cli", "connector", "show", "--kafka-connector", "c"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "password_ref is not set" in done.stderr
+
+
+def test_only_connection_settings_reach_the_dead_letter_producer() -> None:
+    extra = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "ssl.ca.location": "/ca.crt",
+        "session.timeout.ms": "6000",
+        "fetch.min.bytes": "1",
+    }
+    assert connection_settings(extra) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "ssl.ca.location": "/ca.crt",
+    }
