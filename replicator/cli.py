@@ -399,7 +399,7 @@ def _parked(reason: str | None, refs: list[str] | None) -> list[Any]:
     from replicator.deadletter import read_parked
 
     s = settings()
-    records = read_parked(s.kafka.bootstrap_servers, s.kafka.dead_letter_topic)
+    records = read_parked(s.kafka.bootstrap_servers, s.kafka.dead_letter_topic, s.kafka.extra)
     if reason:
         records = [r for r in records if r.reason == reason]
     if refs:
@@ -489,7 +489,8 @@ def dlq_replay(
     if not refs and not reason and not all_records:
         raise ReplicatorError("name records (PARTITION:OFFSET), --reason R, or --all")
     records = _parked(reason, refs)
-    count = replay(settings().kafka.bootstrap_servers, records)
+    kafka = settings().kafka
+    count = replay(kafka.bootstrap_servers, records, kafka.extra)
     _say(f"replayed {count} record(s) to their source topics")
 
 

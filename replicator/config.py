@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from replicator.errors import ConfigError
@@ -81,7 +89,9 @@ class ConnectorSettings(_Section):
 
 
 class DynamoSettings(_Section):
-    endpoint_url: str | None = "http://127.0.0.1:58000"
+    endpoint_url: str | None = Field(
+        "http://127.0.0.1:58000", description="unset or empty: AWS's regional endpoint"
+    )
     region: str = "us-east-1"
     access_key_id: str | None = "local"
     secret_access_key: SecretStr | None = SecretStr("local")
@@ -94,6 +104,11 @@ class DynamoSettings(_Section):
         description="the sink's writes: 'wire' sends the prepared requests as DynamoDB JSON "
         "(signed by botocore, far less CPU per write); 'boto3' uses boto3's client",
     )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _empty_is_aws(cls, value: str | None) -> str | None:
+        return value or None
 
 
 class StackSettings(_Section):

@@ -123,7 +123,9 @@ class Parked:
         return f"{self.partition}:{self.offset}"
 
 
-def read_parked(bootstrap_servers: str, topic: str, timeout_s: float = 15) -> list[Parked]:
+def read_parked(
+    bootstrap_servers: str, topic: str, extra: dict[str, str] | None = None, timeout_s: float = 15
+) -> list[Parked]:
     """Every record in the dead-letter topic, up to the end offsets seen at the start."""
     consumer = Consumer(
         {
@@ -131,6 +133,7 @@ def read_parked(bootstrap_servers: str, topic: str, timeout_s: float = 15) -> li
             "group.id": "replicator-dlq-tool",
             "enable.auto.commit": False,
             "log_level": 3,
+            **connection_settings(extra or {}),
         }
     )
     try:
@@ -187,11 +190,18 @@ def _parked(message: Message) -> Parked:
     )
 
 
-def replay(bootstrap_servers: str, records: list[Parked]) -> int:
+def replay(
+    bootstrap_servers: str, records: list[Parked], extra: dict[str, str] | None = None
+) -> int:
     """Produce the original bytes again to their source topics, for the consumers to apply now
     that the cause is fixed. Safe to repeat: the position guard drops anything already newer."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap_servers, "acks": "all", "enable.idempotence": True}
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            **connection_settings(extra or {}),
+        }
     )
     errors: list[KafkaError] = []
 

@@ -31,8 +31,8 @@ class KafkaSource:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "cooperative-sticky",
-            # A table's topic appears with its first change: notice it within seconds.
-            "topic.metadata.refresh.interval.ms": 5000,
+                # A table's topic appears with its first change: notice it within seconds.
+                "topic.metadata.refresh.interval.ms": 5000,
                 **kafka.extra,
             }
         )

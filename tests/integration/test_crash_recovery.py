@@ -25,6 +25,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         workload = Workload(conn, seed=42)
         workload.ensure_loans(30)
         done = threading.Event()
+        steps = [0]
 
         def write() -> None:
             with psycopg.connect(settings.postgres.dsn(), autocommit=True) as writer_conn:
@@ -34,7 +35,8 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
                 writer.loans = workload.loans
                 for _ in range(400):
                     writer.step()
-                    time.sleep(0.01)
+                    steps[0] += 1
+                    time.sleep(0.02)
                 workload.counts = writer.counts
             done.set()
 
@@ -43,11 +45,12 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         writer_thread.start()
         kills = 0
         logs = own.tables[0]
-        for _ in range(2):  # kill twice, each time while it is applying changes
+        for third in (1, 2):  # kill at a third and two thirds of the workload, while applying
             before = _live_count(dynamodb, logs.name)
+            wait_for(lambda t=third: steps[0] >= 130 * t or None, 120, what="workload progress")
             wait_for(
-                lambda b=before: _live_count(dynamodb, logs.name) > b + 20,
-                60,
+                lambda b=before: _live_count(dynamodb, logs.name) > b,
+                120,
                 what="consumer applying changes",
             )
             consumer.kill()
