@@ -148,26 +148,18 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
     {"Update": {...}}); its body is also a valid PutItem/UpdateItem request."""
     mapping = write.mapping
     values: dict[str, Any] = {":pos": {"S": write.position.encode()}}
-    if write.item is None:
-        expires = now_s + mapping.tombstone_days * 86_400
-        item = {
-            **write.key,
-            POS: values[":pos"],
-            SOURCE_MS: {"N": str(write.source_ts_ms)},
-            DELETED: {"BOOL": True},
-            mapping.ttl_attribute: {"N": str(expires)},
-        }
-        return {
-            "Put": {
-                "TableName": mapping.name,
-                "Item": item,
-                "ConditionExpression": _GUARD,
-                "ExpressionAttributeNames": {"#pos": POS},
-                "ExpressionAttributeValues": values,
+    if write.item is None or not write.keep:
+        if write.item is None:  # a delete marker: the key, no GSI attributes, expires by TTL
+            expires = now_s + mapping.tombstone_days * 86_400
+            item = {
+                **write.key,
+                DELETED: {"BOOL": True},
+                mapping.ttl_attribute: {"N": str(expires)},
             }
-        }
-    if not write.keep:
-        item = {**write.item, POS: values[":pos"], SOURCE_MS: {"N": str(write.source_ts_ms)}}
+        else:
+            item = dict(write.item)
+        item[POS] = values[":pos"]
+        item[SOURCE_MS] = {"N": str(write.source_ts_ms)}
         return {
             "Put": {
                 "TableName": mapping.name,

@@ -121,3 +121,16 @@ def caught_up(bootstrap_servers: str, group: str, topics: list[str]) -> bool:
         return all(tp.offset >= probe.get_watermark_offsets(tp, timeout=10)[1] for tp in committed)
     finally:
         probe.close()
+
+
+def live_count(client: Any, table: str) -> int:
+    """Items that are not delete markers."""
+    total = 0
+    for page in client.get_paginator("scan").paginate(
+        TableName=table,
+        Select="COUNT",
+        FilterExpression="attribute_not_exists(#d)",
+        ExpressionAttributeNames={"#d": DELETED},
+    ):
+        total += page["Count"]
+    return total

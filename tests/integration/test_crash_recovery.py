@@ -12,7 +12,13 @@ import pytest
 
 from replicator.config import Settings, load_settings
 from replicator.workload import Workload
-from tests.integration.helpers import caught_up, expected_items, replica_items, wait_for
+from tests.integration.helpers import (
+    caught_up,
+    expected_items,
+    live_count,
+    replica_items,
+    wait_for,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -46,10 +52,10 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         kills = 0
         logs = own.tables[0]
         for third in (1, 2):  # kill at a third and two thirds of the workload, while applying
-            before = _live_count(dynamodb, logs.name)
+            before = live_count(dynamodb, logs.name)
             wait_for(lambda t=third: steps[0] >= 130 * t or None, 120, what="workload progress")
             wait_for(
-                lambda b=before: _live_count(dynamodb, logs.name) > b,
+                lambda b=before: live_count(dynamodb, logs.name) > b,
                 120,
                 what="consumer applying changes",
             )
@@ -89,15 +95,3 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         )
         assert replay.stop() == 0
         assert {m.name: replica_items(dynamodb, m)[0] for m in own.tables} == before
-
-
-def _live_count(client: Any, table: str) -> int:
-    total = 0
-    for page in client.get_paginator("scan").paginate(
-        TableName=table,
-        Select="COUNT",
-        FilterExpression="attribute_not_exists(#d)",
-        ExpressionAttributeNames={"#d": "_deleted"},
-    ):
-        total += page["Count"]
-    return total

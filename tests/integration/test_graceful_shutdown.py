@@ -26,7 +26,7 @@ from replicator.lookup import Lookups
 from replicator.pipeline import to_change
 from replicator.sink import DELETED, POS
 from replicator.workload import Workload
-from tests.integration.helpers import key_text, wait_for
+from tests.integration.helpers import key_text, live_count, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -82,7 +82,7 @@ def test_sigterm_mid_stream_commits_exactly_what_was_applied_and_leaves_the_grou
             writer.start()
             logs = own.tables[0].name
             wait_for(
-                lambda: _live_count(dynamodb, logs) > 20,
+                lambda: live_count(dynamodb, logs) > 20,
                 90,
                 what="consumer applying changes",
             )
@@ -272,15 +272,3 @@ def _stored(client: Any, own: Settings) -> dict[str, Slot]:
                 deleted = bool(item.get(DELETED, {}).get("BOOL"))
                 stored[name] = Slot(Position.decode(item[POS]["S"]), deleted, (mapping.name, ()))
     return stored
-
-
-def _live_count(client: Any, table: str) -> int:
-    total = 0
-    for page in client.get_paginator("scan").paginate(
-        TableName=table,
-        Select="COUNT",
-        FilterExpression="attribute_not_exists(#d)",
-        ExpressionAttributeNames={"#d": DELETED},
-    ):
-        total += page["Count"]
-    return total
