@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.helpers import get_item, normalized, visible, wait_for
+from tests.integration.helpers import caught_up, get_item, normalized, visible, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -18,6 +18,15 @@ pytestmark = pytest.mark.stack
 def live(consumer_factory: Any) -> Any:
     consumer, own = consumer_factory("_e2e")
     consumer.start()
+    # A new group reads the topics' history first; the waits below time this test's rows only.
+    wait_for(
+        lambda: caught_up(
+            own.kafka.bootstrap_servers, own.kafka.group_id, [own.topic_of(m) for m in own.tables]
+        ),
+        600,
+        interval_s=1.0,
+        what="consumer caught up with the topics' history",
+    )
     yield own
     assert consumer.stop() == 0, f"consumer exited badly; see {consumer.log}"
 
