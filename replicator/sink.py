@@ -217,10 +217,14 @@ class DynamoSink:
     def __init__(self, client: Any, concurrency: int = 16, max_attempts: int = 8) -> None:
         self.client = client
         self.max_attempts = max_attempts
+        self.concurrency = concurrency
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sink")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
 
     def write(self, writes: list[Write]) -> SinkResult:
         now_s = int(time.time())
@@ -230,7 +234,9 @@ class DynamoSink:
         singles = [u[0] for u in units.values() if len(u) == 1]
         moves = [u for u in units.values() if len(u) > 1]
         result = SinkResult()
-        parts = list(self.pool.map(lambda pair: self._write_one(*pair), singles))
+        # One task per worker, not per write: a future per write costs more CPU than the write.
+        lanes = [singles[i :: self.concurrency] for i in range(min(self.concurrency, len(singles)))]
+        parts = [part for lane in self.pool.map(self._write_lane, lanes) for part in lane]
         # Key moves go after the single writes, one at a time. Nothing needs that on real
         # DynamoDB (rows are independent), but the local endpoint rolls back a cancelled
         # transaction by restoring a copy of the whole table, which silently drops writes made
@@ -241,6 +247,9 @@ class DynamoSink:
             result.stale += part.stale
             result.failed += part.failed
         return result
+
+    def _write_lane(self, lane: list[tuple[Write, dict[str, Any]]]) -> list[SinkResult]:
+        return [self._write_one(*pair) for pair in lane]
 
     def _write_one(self, write: Write, act: dict[str, Any]) -> SinkResult:
         ((kind, request),) = act.items()
