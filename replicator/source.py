@@ -66,6 +66,9 @@ class KafkaSource:
                 good.append(message)
             elif error.fatal():
                 raise KafkaException(error)
+            elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                # Normal until a table's first change: Connect creates its topic then.
+                log.debug("topic not there yet", error=str(error))
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka error", error=str(error))
         return good
