@@ -64,10 +64,39 @@ class Write:
 
 
 @dataclass
+class TableResult:
+    """One table's part of a batch, for metrics: counted in events (a write stands for every
+    event collapsed into it), timed per request."""
+
+    applied: int = 0  # events whose change is now stored
+    stale: int = 0  # events a newer stored change made redundant (the guard's condition failed)
+    write_s: list[float] = field(default_factory=list)  # each request, send to answer
+    e2e_s: list[float] = field(default_factory=list)  # source commit -> acknowledgement
+
+
+@dataclass
 class SinkResult:
-    applied: int = 0
+    applied: int = 0  # writes (a key move is two)
     stale: int = 0
     failed: list[tuple[Write, str]] = field(default_factory=list)
+    tables: dict[str, TableResult] = field(default_factory=dict)
+
+    def table(self, name: str) -> TableResult:
+        part = self.tables.get(name)
+        if part is None:
+            part = self.tables[name] = TableResult()
+        return part
+
+    def merge(self, other: SinkResult) -> None:
+        self.applied += other.applied
+        self.stale += other.stale
+        self.failed += other.failed
+        for name, theirs in other.tables.items():
+            mine = self.table(name)
+            mine.applied += theirs.applied
+            mine.stale += theirs.stale
+            mine.write_s += theirs.write_s
+            mine.e2e_s += theirs.e2e_s
 
 
 def _row_id(change: Change) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -243,38 +272,65 @@ class DynamoSink:
         # meanwhile by other requests. Key moves are rare, so this costs next to nothing.
         parts += [self._write_transaction(unit) for unit in moves]
         for part in parts:
-            result.applied += part.applied
-            result.stale += part.stale
-            result.failed += part.failed
+            result.merge(part)
         return result
 
     def _write_lane(self, lane: list[tuple[Write, dict[str, Any]]]) -> list[SinkResult]:
-        return [self._write_one(*pair) for pair in lane]
+        result = SinkResult()  # one per lane: nothing allocated per write but the timings
+        for write, act in lane:
+            self._write_one(result, write, act)
+        return [result]
 
-    def _write_one(self, write: Write, act: dict[str, Any]) -> SinkResult:
+    def _write_one(self, result: SinkResult, write: Write, act: dict[str, Any]) -> None:
         ((kind, request),) = act.items()
         call = self.client.put_item if kind == "Put" else self.client.update_item
+        started = time.perf_counter()
         try:
             call(**request)  # botocore retries throttling and 5xx with jittered backoff
-            return SinkResult(applied=1)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "ConditionalCheckFailedException":
-                return SinkResult(stale=1)
+                result.stale += 1
+                part = result.table(write.mapping.name)
+                part.stale += len(write.origins)
+                part.write_s.append(time.perf_counter() - started)
+                return
             if code in _REFUSED_ITEM_CODES:
-                return SinkResult(failed=[(write, f"{code}: {exc}")])
+                result.failed.append((write, f"{code}: {exc}"))
+                return
             raise SinkError(f"DynamoDB write to {write.mapping.name} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise SinkError(f"DynamoDB unreachable: {exc}") from exc
+        result.applied += 1
+        part = result.table(write.mapping.name)
+        part.applied += len(write.origins)
+        part.write_s.append(time.perf_counter() - started)
+        part.e2e_s.append(time.time() - write.source_ts_ms / 1000)
 
     def _write_transaction(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
+        result = self._transact(unit)
+        # A key move stands for its events once, whatever number of actions it holds.
+        first = unit[0][0]
+        part = result.table(first.mapping.name)
+        if result.applied:
+            part.applied += len(first.origins)
+            part.e2e_s.append(time.time() - first.source_ts_ms / 1000)
+        elif result.stale and not result.failed:
+            part.stale += len(first.origins)
+        return result
+
+    def _transact(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
         result = SinkResult()
         pending = unit
         for attempt in range(self.max_attempts):
             if not pending:
                 return result
             try:
+                started = time.perf_counter()
                 self.client.transact_write_items(TransactItems=[a for _, a in pending])
+                result.table(pending[0][0].mapping.name).write_s.append(
+                    time.perf_counter() - started
+                )
                 result.applied += len(pending)
                 return result
             except ClientError as exc:
