@@ -297,7 +297,19 @@ def run_consumer(
 
     s = settings()
     configure(s.log_level)
-    pipeline = build(s)
+    import structlog
+
+    from replicator.health import Health, Server
+    from replicator.metrics import Metrics
+
+    metrics, health = Metrics(), Health(s.metrics.live_within_s)
+    server = None
+    if s.metrics.enabled:  # first: a port in use fails before joining the group
+        server = Server(s.metrics.host, s.metrics.port, metrics, health).start()
+        structlog.get_logger("replicator.cli").info(
+            "serving /metrics, /healthz, /readyz", host=s.metrics.host, port=server.port
+        )
+    pipeline = build(s, metrics=metrics, health=health)
 
     def stop(_signum: int, _frame: Any) -> None:
         pipeline.stop()  # finish the batch in hand, commit, leave the group
@@ -315,6 +327,8 @@ def run_consumer(
         stats = pipeline.run(until)
     finally:
         pipeline.close()
+        if server is not None:
+            server.close()
     _say(
         f"consumed {stats.consumed}, applied {stats.applied}, stale {stats.stale}, "
         f"skipped {stats.skipped}, dead-lettered {stats.dead_lettered}"

@@ -111,6 +111,22 @@ class DynamoSettings(_Section):
         return value or None
 
 
+class MetricsSettings(_Section):
+    """The consumer's HTTP endpoint: /metrics (Prometheus), /healthz and /readyz."""
+
+    enabled: bool = True
+    host: str = Field(
+        "127.0.0.1", description="address to bind; 0.0.0.0 in a container, so probes reach it"
+    )
+    port: int = Field(9108, ge=0, le=65535, description="0: any free port (tests)")
+    live_within_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the loop has not turned for this long"
+    )
+    lag_interval_s: float = Field(
+        5.0, gt=0, description="consumer lag per partition is refreshed at most this often"
+    )
+
+
 class StackSettings(_Section):
     """The local development/test stack (plain processes, no Docker)."""
 
@@ -133,6 +149,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     connector: ConnectorSettings = ConnectorSettings()
     dynamodb: DynamoSettings = DynamoSettings()
+    metrics: MetricsSettings = MetricsSettings()
     stack: StackSettings = StackSettings()
     tables: list[TableMapping] = Field(default_factory=lambda: default_tables())
     log_level: str = "INFO"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,10 @@ from replicator.errors import (
     SinkError,
 )
 from replicator.events import ChangeEvent, Op, Origin, Skip
+from replicator.health import Health
 from replicator.lookup import Lookups
 from replicator.mapping import TableMapping, item_key, to_item
+from replicator.metrics import Metrics
 from replicator.sink import Change, DynamoSink, plan
 from replicator.source import KafkaSource
 
@@ -51,29 +54,41 @@ class Pipeline:
         sink: DynamoSink,
         lookups: Lookups,
         dead_letters: DeadLetters,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
         self.sink = sink
         self.lookups = lookups
         self.dead_letters = dead_letters
+        self.metrics = metrics or Metrics()
+        self.health = health or Health(settings.metrics.live_within_s)
         self.by_topic = {settings.topic_of(t): t for t in settings.tables}
         self.stats = Stats()
         self.stopping = threading.Event()
+        self._dead_lettered: Counter[str] = Counter()  # this batch's, per table
 
     def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
         """Process batches until stop() or ``until(stats)``; commits after every batch."""
         log.info(
             "consumer started", topics=sorted(self.by_topic), group=self.settings.kafka.group_id
         )
+        self.health.started()
+        lag_every = self.settings.metrics.lag_interval_s
         try:
             while not self.stopping.is_set():
                 messages = self.source.poll()
+                self.health.turned()
+                self.health.assignment(self.source.joined, len(self.source.assigned))
+                self.metrics.polled()
+                self.metrics.refresh_lag(self.source.consumer, self.source.assigned, lag_every)
                 if messages:
                     self.process(messages)
                 if until is not None and until(self.stats):
                     break
         finally:
+            self.health.stopped()
             log.info(
                 "consumer stopping",
                 consumed=self.stats.consumed,
@@ -96,17 +111,23 @@ class Pipeline:
     def process(self, messages: list[Message]) -> None:
         """Apply one batch; commit its offsets only when every record is written or parked."""
         self.stats.consumed += len(messages)
-        changes = self._changes(messages)
+        self._dead_lettered.clear()
+        changes, skipped = self._changes(messages)
         writes = plan(changes)
         while True:
             try:
                 result = self.sink.write(writes)
+                if writes:
+                    self.health.write_ok()
                 break
             except SinkError as exc:
                 # Never skip and never commit past an unwritten change: wait and try again.
-                log.warning("sink failed; retrying batch", error=str(exc))
+                self.metrics.sink_failures.inc()
+                self.health.write_failed(str(exc))
+                self._log_retry(messages, exc)
                 if self.stopping.wait(2.0):
                     raise
+                self.health.turned()  # retrying is the loop at work: alive, not ready
         by_origin = {(m.topic(), m.partition(), m.offset()): m for m in messages}
         for write, reason in result.failed:
             for origin in write.origins:
@@ -121,9 +142,37 @@ class Pipeline:
         self.dead_letters.flush()
         checkpoint.commit(self.source.consumer, messages)
         self.stats.last_record_at = time.monotonic()
+        self.metrics.batch(self._consumed(messages), skipped, self._dead_lettered)
+        self.metrics.written(result)
 
-    def _changes(self, messages: list[Message]) -> list[Change]:
+    def _table_of(self, topic: str | None) -> str:
+        mapping = self.by_topic.get(topic or "")
+        return mapping.name if mapping is not None else "(unmapped)"
+
+    def _consumed(self, messages: list[Message]) -> Counter[str]:
+        per_topic = Counter(m.topic() for m in messages)
+        return Counter({self._table_of(t): n for t, n in per_topic.items()})
+
+    def _log_retry(self, messages: list[Message], exc: SinkError) -> None:
+        """One line per partition of the batch: where the unwritten records are."""
+        ranges: dict[tuple[str, int], list[int]] = {}
+        for m in messages:
+            offsets = ranges.setdefault((m.topic() or "", m.partition() or 0), [])
+            offsets.append(m.offset() or 0)
+        for (topic, partition), offsets in sorted(ranges.items()):
+            log.warning(
+                "sink failed; retrying batch",
+                table=self._table_of(topic),
+                topic=topic,
+                partition=partition,
+                offset=min(offsets),
+                last_offset=max(offsets),
+                error=str(exc)[:300],
+            )
+
+    def _changes(self, messages: list[Message]) -> tuple[list[Change], Counter[str]]:
         decoded: list[tuple[Message, TableMapping, ChangeEvent]] = []
+        skipped: Counter[str] = Counter()
         for message in messages:
             topic = message.topic() or ""
             origin = Origin(topic, message.partition() or 0, message.offset() or 0)
@@ -138,6 +187,7 @@ class Pipeline:
                 continue
             if isinstance(event, Skip):
                 self.stats.skipped += 1
+                skipped[mapping.name] += 1
                 continue
             if event.table != mapping.source:
                 self._park(
@@ -160,19 +210,23 @@ class Pipeline:
                 self._park(message, "lookup-miss", str(exc))
             except MappingError as exc:
                 self._park(message, "mapping", str(exc))
-        return changes
+        return changes, skipped
 
     def _park(self, message: Message, reason: str, detail: str) -> None:
+        # The detail can quote a value of the row: it goes to the dead-letter record's headers
+        # (`replicator dlq show`), never to the log.
+        table = self._table_of(message.topic())
         log.warning(
             "event dead-lettered",
             reason=reason,
-            detail=detail,
+            table=table,
             topic=message.topic(),
             partition=message.partition(),
             offset=message.offset(),
         )
         self.dead_letters.park(message, reason, detail)
         self.stats.dead_lettered += 1
+        self._dead_lettered[table] += 1
 
 
 def to_change(mapping: TableMapping, event: ChangeEvent) -> Change:
@@ -197,7 +251,12 @@ def _complete(mapping: TableMapping, row: dict[str, Any]) -> bool:
     return all(c.name in row for c in mapping.columns)
 
 
-def build(settings: Settings, group_id: str | None = None) -> Pipeline:
+def build(
+    settings: Settings,
+    group_id: str | None = None,
+    metrics: Metrics | None = None,
+    health: Health | None = None,
+) -> Pipeline:
     """Wire the stages from the settings."""
     from replicator.dynamo import dynamodb_writer
 
@@ -214,4 +273,4 @@ def build(settings: Settings, group_id: str | None = None) -> Pipeline:
     connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
     ensure_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, extra=connection)
     dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
-    return Pipeline(settings, source, sink, lookups, dead_letters)
+    return Pipeline(settings, source, sink, lookups, dead_letters, metrics, health)

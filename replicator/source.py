@@ -37,13 +37,21 @@ class KafkaSource:
             }
         )
         self.assigned: set[tuple[str, int]] = set()
+        # The group has given this member its assignment (perhaps empty: more members than
+        # partitions); false again when the assignment is lost.
+        self.joined = False
         self.consumer.subscribe(
-            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
+        self.joined = True
         log.info("partitions assigned", partitions=sorted(self.assigned))
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.joined = False
+        self._on_revoke(consumer, partitions)
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self.assigned -= {(p.topic, p.partition) for p in partitions}
