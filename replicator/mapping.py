@@ -9,13 +9,14 @@ wire format ({"S": ...}, {"N": ...}, {"BOOL": ...}) so that no float ever touche
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gzip
 import re
 import string
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from replicator.errors import MappingError
 
@@ -103,6 +104,7 @@ class TableMapping(_Frozen):
     ttl_attribute: str = "ExpiresAt"
     retention: Retention | None = None
     tombstone_days: int = Field(default=7, gt=0, description="how long delete markers are kept")
+    _types: dict[str, ColumnType] = PrivateAttr(default_factory=dict)
     large_items: Literal["compress", "dead-letter"] = Field(
         "compress",
         description="an item over 400 KB: gzip its largest text columns (stored as "
@@ -195,6 +197,10 @@ class TableMapping(_Frozen):
                         f"index {index.name!r}: {key.attribute!r} is "
                         f"{types[key.attribute]}, not {key.type}"
                     )
+        # Derived once here, not per row (model_copy(update=...) skips validation anyway).
+        self._types = {c.name: c.type for c in self.columns} | {
+            lk.column: lk.type for lk in self.lookups
+        }
         return self
 
     @property
@@ -202,9 +208,7 @@ class TableMapping(_Frozen):
         return [self.partition_key.attribute] + ([self.sort_key.attribute] if self.sort_key else [])
 
     def column_types(self) -> dict[str, ColumnType]:
-        types: dict[str, ColumnType] = {c.name: c.type for c in self.columns}
-        types.update({lk.column: lk.type for lk in self.lookups})
-        return types
+        return self._types
 
 
 def template_fields(template: str) -> list[tuple[str, str]]:
@@ -309,10 +313,21 @@ def _attribute(column: str, kind: ColumnType, value: Any) -> AttributeValue:
     return {"S": text}
 
 
-def render(template: str, row: dict[str, Any], types: dict[str, ColumnType]) -> str | None:
-    """Fill a template from a row; None when a column it names is NULL."""
+@functools.lru_cache(maxsize=1024)
+def _parsed(template: str) -> tuple[tuple[str, str | None, str | None], ...]:
+    return tuple((literal, name, spec) for literal, name, spec, _ in _FORMATTER.parse(template))
+
+
+def render(
+    template: str,
+    row: dict[str, Any],
+    types: dict[str, ColumnType],
+    texts: dict[str, str] | None = None,
+) -> str | None:
+    """Fill a template from a row; None when a column it names is NULL. ``texts`` memoizes
+    canonical column texts across the templates of one row."""
     out = []
-    for literal, name, spec, _ in _FORMATTER.parse(template):
+    for literal, name, spec in _parsed(template):
         out.append(literal)
         if name is None:
             continue
@@ -325,14 +340,19 @@ def render(template: str, row: dict[str, Any], types: dict[str, ColumnType]) -> 
                 "send (TOAST); use REPLICA IDENTITY FULL"
             )
         kind = types[name]
+        if texts is None:
+            texts = {}
+        whole = texts.get(name)
+        if whole is None:
+            whole = texts[name] = canonical(name, kind, value)
         if spec == "date":
-            text = canonical(name, kind, value)[:10]
+            text = whole[:10]
         elif spec:
             if kind not in ("int", "bigint"):
                 raise MappingError(f"template {template!r}: zero-padding needs an integer column")
-            text = f"{int(canonical(name, kind, value)):{spec}d}"  # refuses non-integers
+            text = f"{int(whole):{spec}d}"  # canonical refused non-integers
         else:
-            text = canonical(name, kind, value)
+            text = whole
         out.append(text)
     return "".join(out)
 
@@ -340,12 +360,14 @@ def render(template: str, row: dict[str, Any], types: dict[str, ColumnType]) -> 
 # --- items ----------------------------------------------------------------------------------
 
 
-def item_key(mapping: TableMapping, row: dict[str, Any]) -> Item:
+def item_key(
+    mapping: TableMapping, row: dict[str, Any], texts: dict[str, str] | None = None
+) -> Item:
     """The DynamoDB primary key of the item a row maps to."""
     types = mapping.column_types()
     key: Item = {}
     for attr in filter(None, [mapping.partition_key, mapping.sort_key]):
-        text = render(attr.template, row, types)
+        text = render(attr.template, row, types, texts)
         if not text:
             raise MappingError(f"key attribute {attr.attribute!r} is empty or NULL for this row")
         if attr.type == "N":
@@ -362,7 +384,8 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
     simply absent, so a full write removes them.
     """
     types = mapping.column_types()
-    item = item_key(mapping, row)
+    texts: dict[str, str] = {}
+    item = item_key(mapping, row, texts)
     unavailable: set[str] = set()
     for column in mapping.columns:
         value = row.get(column.name)
@@ -377,7 +400,7 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
             continue
         if any(row.get(c) != v for c, v in attr.when_equal.items()):
             continue
-        text = render(attr.template, row, types)
+        text = render(attr.template, row, types, texts)
         if text is None:
             continue
         item[attr.attribute] = (
