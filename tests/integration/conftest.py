@@ -114,6 +114,8 @@ def consumer_factory(
         data["kafka"]["group_id"] = f"test{suffix}-{uuid.uuid4().hex[:8]}"
         # A SIGKILLed member holds its partitions until its session times out (45 s default).
         data["kafka"]["extra"] = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
+        # Any free port: consumers of concurrent tests must not fight over 9108.
+        data["metrics"]["port"] = 0
         data["stack"]["home"] = str(settings.stack.home.resolve())
         data["connector"]["template"] = str(ROOT / "connectors" / "postgres-source.json")
         for table in data["tables"]:
