@@ -120,7 +120,11 @@ class MetricsSettings(_Section):
     )
     port: int = Field(9108, ge=0, le=65535, description="0: any free port (tests)")
     live_within_s: float = Field(
-        60.0, gt=0, description="/healthz fails when the loop has not turned for this long"
+        300.0,
+        gt=0,
+        description="/healthz fails when the loop has not turned for this long (a batch write "
+        "that retries a slow DynamoDB can hold it for minutes; the default is Kafka's "
+        "max.poll.interval.ms, past which the group evicts the member anyway)",
     )
     lag_interval_s: float = Field(
         5.0, gt=0, description="consumer lag per partition is refreshed at most this often"

@@ -30,7 +30,7 @@ _REASON_CHARS = 200
 class Health:
     """What the probes read; written by the consumer loop (plain attribute writes)."""
 
-    def __init__(self, live_within_s: float = 60.0) -> None:
+    def __init__(self, live_within_s: float = 300.0) -> None:
         self.live_within_s = live_within_s
         self.running = False
         self.last_turn = time.monotonic()

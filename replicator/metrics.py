@@ -12,7 +12,8 @@ import time
 from collections import Counter as Tally
 from typing import Any
 
-from confluent_kafka import TopicPartition
+import structlog
+from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from replicator.sink import SinkResult
@@ -24,6 +25,8 @@ _WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _OFFSET_INVALID = 0  # offsets below this are librdkafka's logical offsets (none known yet)
+
+log = structlog.get_logger("replicator.metrics")
 
 
 class Metrics:
@@ -136,6 +139,12 @@ class Metrics:
             return
         self._lag_refreshed = now
         self.assigned.set(len(assigned))
+        try:
+            self._refresh_lag(consumer, assigned)
+        except KafkaException as exc:  # a broker slow to answer: keep the last values
+            log.warning("consumer lag not refreshed", error=str(exc))
+
+    def _refresh_lag(self, consumer: Any, assigned: set[tuple[str, int]]) -> None:
         partitions = [TopicPartition(t, p) for t, p in sorted(assigned)]
         positions = consumer.position(partitions) if partitions else []
         unknown = [tp for tp in positions if tp.offset < _OFFSET_INVALID]
