@@ -9,16 +9,18 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicator.config import Settings
+from replicator.source import KafkaSource
 from replicator.workload import Workload
 from tests.integration.helpers import live_count, wait_for
 
@@ -210,3 +212,27 @@ def test_failing_dynamodb_writes_make_it_unready_but_not_dead(
     # SIGTERM while the batch cannot be written: it stops retrying, commits nothing and says
     # why (exit 1, the CLI's error for a failed part).
     assert consumer.stop() == 1
+
+
+def test_a_member_with_an_empty_assignment_counts_as_joined(stack: Any, settings: Settings) -> None:
+    """More consumers than partitions: the group calls the spare member's on_assign with no
+    partitions, which is what /readyz reads as "assigned" (a standby is ready)."""
+    bootstrap = settings.kafka.bootstrap_servers
+    topic = f"test-empty-assignment-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    group = f"test-empty-{uuid.uuid4().hex[:8]}"
+    members = [KafkaSource(settings.kafka, [topic], group) for _ in range(2)]
+    try:
+
+        def joined() -> bool:
+            for member in members:
+                member.poll()
+            return all(m.joined for m in members)
+
+        wait_for(joined, 60, 0, "both members joined")
+        assert sorted(len(m.assigned) for m in members) == [0, 1]
+    finally:
+        for member in members:
+            member.close()
+        admin.delete_topics([topic])[topic].result(timeout=30)
