@@ -129,13 +129,13 @@ class Pipeline:
                     raise
                 self.health.turned()  # retrying is the loop at work: alive, not ready
         by_origin = {(m.topic(), m.partition(), m.offset()): m for m in messages}
+        parked: set[tuple[str, int, int]] = set()
         for write, reason in result.failed:
             for origin in write.origins:
-                self._park(
-                    by_origin[(origin.topic, origin.partition, origin.offset)],
-                    "write-refused",
-                    reason,
-                )
+                where = (origin.topic, origin.partition, origin.offset)
+                if where not in parked:  # a refused key move fails all its writes: park once
+                    parked.add(where)
+                    self._park(by_origin[where], "write-refused", reason)
         self.stats.applied += result.applied
         self.stats.stale += result.stale
         self.stats.batches += 1

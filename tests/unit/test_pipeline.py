@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+from factories import create_record, log_row, update_record
+from test_metrics import FakeDynamo, FakeMessage, pipeline
+
+LOGS = "dbo.integrationlogs"
+
+
+class RefusesTransactions(FakeDynamo):
+    def transact_write_items(self, **request: Any) -> dict[str, Any]:
+        raise ClientError(
+            {"Error": {"Code": "ValidationException", "Message": "too big"}}, "TransactWriteItems"
+        )
+
+
+def test_a_refused_key_move_parks_each_of_its_events_once() -> None:
+    row = log_row(logid=7)
+    moved = {**row, "servicename": "SmsService"}
+    records = [create_record(LOGS, row), update_record(LOGS, row, moved)]
+    p = pipeline(RefusesTransactions())
+    p.process([FakeMessage(r) for r in records])
+    parked = [(m.offset(), reason) for m, reason, _ in p.dead_letters.parked]  # type: ignore[attr-defined]
+    assert parked == [(records[0].offset, "write-refused"), (records[1].offset, "write-refused")]
+    assert p.stats.dead_lettered == 2
