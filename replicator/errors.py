@@ -23,6 +23,10 @@ class LookupMissError(MappingError):
     """An enrichment lookup found no row (for example a payment whose loan does not exist)."""
 
 
+class LookupUnavailableError(ReplicatorError):
+    """The lookup database did not answer: the batch waits, nothing is dead-lettered."""
+
+
 class StackError(ReplicatorError):
     """A part of the local stack failed; the message names the part and its log."""
 

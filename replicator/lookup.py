@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from cachetools import LRUCache
 
-from replicator.errors import LookupMissError, ReplicatorError
+from replicator.errors import LookupMissError, LookupUnavailableError, ReplicatorError
 from replicator.mapping import Lookup, TableMapping
 
 
@@ -58,7 +58,7 @@ class Lookups:
             except psycopg.OperationalError as exc:
                 self._conn = None
                 if attempt == self.attempts - 1:
-                    raise ReplicatorError(
+                    raise LookupUnavailableError(
                         f"lookup {lookup.column!r}: PostgreSQL unreachable: {exc}"
                     ) from exc
                 time.sleep(min(5.0, 0.2 * 2**attempt))

@@ -20,6 +20,7 @@ from replicator.decode import decode
 from replicator.errors import (
     DecodeError,
     LookupMissError,
+    LookupUnavailableError,
     MappingError,
     ReplicatorError,
     SinkError,
@@ -200,7 +201,21 @@ class Pipeline:
 
         for mapping in {id(m): m for _, m, _ in decoded}.values():
             rows = [r for _, m, e in decoded if m is mapping for r in (e.row, e.before) if r]
-            self.lookups.fill(mapping, rows)
+            while True:
+                try:
+                    self.lookups.fill(mapping, rows)
+                    break
+                except LookupUnavailableError as exc:
+                    # A database outage is not the events' fault: wait, never dead-letter.
+                    self.health.write_failed(str(exc))
+                    log.warning(
+                        "lookup database unavailable; waiting",
+                        table=mapping.name,
+                        error=str(exc)[:300],
+                    )
+                    if self.stopping.wait(2.0):
+                        raise
+                    self.health.turned()
 
         changes = []
         for message, mapping, event in decoded:

@@ -6,6 +6,8 @@ from botocore.exceptions import ClientError
 from factories import create_record, log_row, update_record
 from test_metrics import FakeDynamo, FakeMessage, pipeline
 
+from replicator.errors import LookupUnavailableError
+
 LOGS = "dbo.integrationlogs"
 
 
@@ -25,3 +27,27 @@ def test_a_refused_key_move_parks_each_of_its_events_once() -> None:
     parked = [(m.offset(), reason) for m, reason, _ in p.dead_letters.parked]  # type: ignore[attr-defined]
     assert parked == [(records[0].offset, "write-refused"), (records[1].offset, "write-refused")]
     assert p.stats.dead_lettered == 2
+
+
+class FlakyLookups:
+    """The lookup database is down for the first call, then answers."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def fill(self, mapping: Any, rows: list[dict[str, Any]]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise LookupUnavailableError("lookup 'customerid': PostgreSQL unreachable")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_lookup_outage_waits_and_dead_letters_nothing() -> None:
+    p = pipeline(FakeDynamo())
+    p.lookups = FlakyLookups()  # type: ignore[assignment]
+    p.process([FakeMessage(create_record(LOGS, log_row(logid=5)))])
+    assert p.lookups.calls == 2  # type: ignore[attr-defined]
+    assert p.dead_letters.parked == []  # type: ignore[attr-defined]
+    assert p.stats.applied == 1
