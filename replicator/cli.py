@@ -508,9 +508,5 @@ def dlq_replay(
     _say(f"replayed {count} record(s) to their source topics")
 
 
-def run() -> None:
-    app()
-
-
 if __name__ == "__main__":
     sys.exit(app())
