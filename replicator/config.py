@@ -131,6 +131,18 @@ class MetricsSettings(_Section):
     )
 
 
+class ControlSettings(_Section):
+    """Where the replicator keeps its own state (phases and their audit, verify results):
+    a schema in PostgreSQL, so applications in any language can read the phases with SQL."""
+
+    dsn: str = Field(
+        "", description="libpq DSN of the control database; empty: the source database"
+    )
+    schema_name: str = Field(
+        "replicator", pattern=r"^[a-z_][a-z0-9_]*$", description="schema of the control tables"
+    )
+
+
 class StackSettings(_Section):
     """The local development/test stack (plain processes, no Docker)."""
 
@@ -154,6 +166,7 @@ class Settings(BaseSettings):
     connector: ConnectorSettings = ConnectorSettings()
     dynamodb: DynamoSettings = DynamoSettings()
     metrics: MetricsSettings = MetricsSettings()
+    control: ControlSettings = ControlSettings()
     stack: StackSettings = StackSettings()
     tables: list[TableMapping] = Field(default_factory=lambda: default_tables())
     log_level: str = "INFO"
@@ -181,6 +194,17 @@ class Settings(BaseSettings):
 
     def topic_of(self, mapping: TableMapping) -> str:
         return f"{self.connector.topic_prefix}.{mapping.source}"
+
+    def control_dsn(self) -> str:
+        return self.control.dsn or self.postgres.dsn()
+
+    def mapping_named(self, name: str) -> TableMapping:
+        """The mapping of a DynamoDB table name (or source table), as the CLI's --table takes."""
+        for mapping in self.tables:
+            if name in (mapping.name, mapping.source):
+                return mapping
+        known = ", ".join(t.name for t in self.tables) or "none"
+        raise ConfigError(f"no mapped table is named {name!r} (mapped: {known})")
 
     def mapping_for_source(self) -> dict[str, TableMapping]:
         return {t.source: t for t in self.tables}
