@@ -61,15 +61,14 @@ from replicator.errors import ConfigError
 
 _TARGET = "DynamoDB_20120810."
 _CONTENT_TYPE = "application/x-amz-json-1.0"
-# Retried with backoff, as botocore's standard mode retries them for DynamoDB.
-RETRYABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TransactionInProgressException",  # a retried transaction whose first try still runs
-    }
+# DynamoDB refusing for throughput: counted (replicator_dynamodb_throttled_requests_total).
+THROTTLE_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
+# Retried with backoff, as botocore's standard mode retries them for DynamoDB.
+RETRYABLE_CODES = THROTTLE_CODES | {
+    "TransactionInProgressException",  # a retried transaction whose first try still runs
+}
 
 
 class DynamoWireClient:
@@ -180,14 +179,24 @@ class DynamoWireClient:
                 raise
             first: BaseException | None = exc
 
-        def attempt() -> dict[str, Any]:
-            nonlocal first
-            if first is not None:  # replay the first failure, so it counts and backs off
-                failed, first = first, None
-                raise failed
-            return self._send(operation, body)
+        throttled = 0
 
-        return self._retrying(attempt)
+        def attempt() -> dict[str, Any]:
+            nonlocal first, throttled
+            try:
+                if first is not None:  # replay the first failure, so it counts and backs off
+                    failed, first = first, None
+                    raise failed
+                return self._send(operation, body)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in THROTTLE_CODES:
+                    throttled += 1
+                raise
+
+        response = self._retrying(attempt)
+        if throttled:  # for the sink's throttle metric (boto3 answers have no such count)
+            response["ResponseMetadata"]["ThrottledAttempts"] = throttled
+        return response
 
     def _send(self, operation: str, body: bytes) -> dict[str, Any]:
         request = AWSRequest(

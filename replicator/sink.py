@@ -32,12 +32,11 @@ META_ATTRIBUTES = (POS, SOURCE_MS, DELETED)
 _GUARD = "attribute_not_exists(#pos) OR #pos < :pos"
 # An item DynamoDB refuses (too large, invalid value): dead-letter it, retrying cannot help.
 _REFUSED_ITEM_CODES = {"ValidationException", "ItemCollectionSizeLimitExceededException"}
-_RETRYABLE_REASONS = {
-    "TransactionConflict",
-    "ThrottlingError",
-    "ProvisionedThroughputExceeded",
-    "RequestLimitExceeded",
-}
+_THROTTLE_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+_RETRYABLE_REASONS = {"TransactionConflict", *_THROTTLE_REASONS}
+# Asked on every write: DynamoDB adds ~60 bytes to the answer, and it is the only way to know
+# the write units an item really cost (size, GSIs) for `replicator cost`.
+_CAPACITY = "TOTAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +71,8 @@ class TableResult:
     stale: int = 0  # events a newer stored change made redundant (the guard's condition failed)
     write_s: list[float] = field(default_factory=list)  # each request, send to answer
     e2e_s: list[float] = field(default_factory=list)  # source commit -> acknowledgement
+    capacity: float = 0.0  # write units DynamoDB reported consumed (ReturnConsumedCapacity)
+    throttled: int = 0  # attempts DynamoDB refused for throughput (retried by the client)
 
 
 @dataclass
@@ -97,6 +98,8 @@ class SinkResult:
             mine.stale += theirs.stale
             mine.write_s += theirs.write_s
             mine.e2e_s += theirs.e2e_s
+            mine.capacity += theirs.capacity
+            mine.throttled += theirs.throttled
 
 
 def _row_id(change: Change) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -233,6 +236,20 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
     }
 
 
+def _account(part: TableResult, response: dict[str, Any]) -> None:
+    """Consumed write units and throttled attempts from a write's answer: one dict for a
+    single write, a list (one per table) for a transaction. ``ThrottledAttempts`` is set by
+    the wire client (replicator.dynamo_wire); boto3's answers have no such count."""
+    consumed = response.get("ConsumedCapacity")
+    if isinstance(consumed, dict):
+        part.capacity += consumed.get("CapacityUnits", 0.0)
+    elif consumed:
+        part.capacity += sum(c.get("CapacityUnits", 0.0) for c in consumed)
+    throttled = response.get("ResponseMetadata", {}).get("ThrottledAttempts")
+    if throttled:
+        part.throttled += throttled
+
+
 class DynamoSink:
     """Writes planned batches; returns per-write failures instead of raising for bad items.
 
@@ -286,7 +303,8 @@ class DynamoSink:
         call = self.client.put_item if kind == "Put" else self.client.update_item
         started = time.perf_counter()
         try:
-            call(**request)  # botocore retries throttling and 5xx with jittered backoff
+            # The client retries throttling and 5xx with jittered backoff.
+            response = call(**request, ReturnConsumedCapacity=_CAPACITY)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "ConditionalCheckFailedException":
@@ -306,6 +324,8 @@ class DynamoSink:
         part.applied += len(write.origins)
         part.write_s.append(time.perf_counter() - started)
         part.e2e_s.append(time.time() - write.source_ts_ms / 1000)
+        if response:
+            _account(part, response)
 
     def _write_transaction(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
         result = self._transact(unit)
@@ -327,10 +347,13 @@ class DynamoSink:
                 return result
             try:
                 started = time.perf_counter()
-                self.client.transact_write_items(TransactItems=[a for _, a in pending])
-                result.table(pending[0][0].mapping.name).write_s.append(
-                    time.perf_counter() - started
+                response = self.client.transact_write_items(
+                    TransactItems=[a for _, a in pending], ReturnConsumedCapacity=_CAPACITY
                 )
+                part = result.table(pending[0][0].mapping.name)
+                part.write_s.append(time.perf_counter() - started)
+                if response:
+                    _account(part, response)
                 result.applied += len(pending)
                 return result
             except ClientError as exc:
@@ -355,6 +378,8 @@ class DynamoSink:
                     elif reason_code in _RETRYABLE_REASONS:
                         retry.append(pair)
                         must_wait = True
+                        if reason_code in _THROTTLE_REASONS:
+                            result.table(pair[0].mapping.name).throttled += 1
                     else:
                         result.failed.append(
                             (pair[0], f"{reason_code}: {reason.get('Message', '')}")

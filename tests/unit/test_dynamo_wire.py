@@ -289,6 +289,7 @@ def test_throttling_is_retried_with_full_jitter_backoff(endpoint: Endpoint, code
     sleeps: list[float] = []
     result = client(endpoint.url, sleeps, backoff_base_s=0.1, backoff_cap_s=0.25).put_item(**PUT)
     assert result["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert result["ResponseMetadata"]["ThrottledAttempts"] == 3  # for the throttle metric
     assert len(endpoint.seen) == 4
     assert [seen.body for seen in endpoint.seen] == [endpoint.seen[0].body] * 4
     # Full jitter: each wait is drawn from [0, min(cap, base * 2^n)].
@@ -415,6 +416,44 @@ def test_dynamo_sink_reads_the_wire_clients_errors(endpoint: Endpoint) -> None:
     assert (result.applied, result.stale) == (2, 2)
     assert [w.item["LogId"] for w, _ in result.failed if w.item] == [{"N": "3"}]
     assert "ValidationException" in result.failed[0][1]
+
+
+def test_dynamo_sink_counts_consumed_capacity_and_throttles_per_table(endpoint: Endpoint) -> None:
+    """Every write asks for ReturnConsumedCapacity=TOTAL; the units DynamoDB reports and the
+    attempts it throttled (retried by the client, or cancelled in a transaction) are summed per
+    table for the metrics."""
+    throttle_once = {"1": True, "tx": True}
+
+    def by_target(seen: Seen) -> Answer:
+        assert seen.json["ReturnConsumedCapacity"] == "TOTAL"
+        if "TransactItems" in seen.json:
+            if throttle_once.pop("tx", False):
+                reasons = [{"Code": "ThrottlingError"}, {"Code": "None"}]
+                return error("TransactionCanceledException", CancellationReasons=reasons)
+            used = [{"TableName": "IntegrationLogs", "CapacityUnits": 4.0}]
+            return Answer(body=orjson.dumps({"ConsumedCapacity": used}))
+        log_id = seen.json["Item"]["LogId"]["N"]
+        if throttle_once.pop(log_id, False):
+            return error("ProvisionedThroughputExceededException")
+        used = {"TableName": "IntegrationLogs", "CapacityUnits": 2.0 if log_id == "2" else 1.0}
+        return Answer(body=orjson.dumps({"ConsumedCapacity": used}))
+
+    endpoint.default = by_target
+    moved = log_row(logid=4, servicename="EmailService")
+    writes = _writes(
+        create_record(LOGS, log_row(logid=1)),
+        create_record(LOGS, log_row(logid=2)),
+        update_record(LOGS, log_row(logid=4), moved),
+    )
+    sink = DynamoSink(client(endpoint.url), concurrency=2)
+    try:
+        result = sink.write(writes)
+    finally:
+        sink.close()
+    part = result.tables["IntegrationLogs"]
+    assert part.capacity == 1.0 + 2.0 + 4.0
+    assert part.throttled == 2  # log 1's first attempt and the transaction's first try
+    assert part.applied == 3
 
 
 # --- settings ---------------------------------------------------------------------------------
