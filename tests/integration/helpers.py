@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -12,20 +11,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from replicator.mapping import Item, TableMapping, to_item
+from replicator.rows import as_debezium
 from replicator.sink import DELETED, META_ATTRIBUTES
-
-_EPOCH = dt.datetime(1970, 1, 1)
-
-
-def as_debezium(value: Any) -> Any:
-    """A PostgreSQL value as Debezium's JSON converter sends it (our connector settings)."""
-    if isinstance(value, dt.datetime):
-        return (value - _EPOCH) // dt.timedelta(microseconds=1)
-    if isinstance(value, dt.date):
-        return (value - _EPOCH.date()).days
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
 
 
 def source_rows(conn: psycopg.Connection[Any], mapping: TableMapping) -> list[dict[str, Any]]:
