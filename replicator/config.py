@@ -129,6 +129,41 @@ class MetricsSettings(_Section):
     lag_interval_s: float = Field(
         5.0, gt=0, description="consumer lag per partition is refreshed at most this often"
     )
+    source_interval_s: float = Field(
+        15.0,
+        ge=0,
+        description="how often the consumer reads the replication slot (PostgreSQL) and the "
+        "connector's state (Kafka Connect) into its metrics, off the hot loop; 0: never",
+    )
+    history_interval_s: float = Field(
+        2.0, gt=0, description="the status page's charts take a sample this often"
+    )
+    history_s: float = Field(
+        600.0, gt=0, description="the status page's charts span this much recent time"
+    )
+    consumer_urls: list[str] = Field(
+        default_factory=list,
+        description="/metrics URLs of running consumers, read by `replicator lag`, `status` "
+        "and `cost` (every replica, summed); empty: this host's metrics.port",
+    )
+
+    def urls(self) -> list[str]:
+        if self.consumer_urls:
+            return list(self.consumer_urls)
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return [f"http://{host}:{self.port}/metrics"]
+
+
+class CostSettings(_Section):
+    """On-demand prices for `replicator cost`, in USD. Defaults: AWS's DynamoDB pricing page for
+    us-east-1, Standard table class, as of 2025 (on-demand throughput was halved on 2024-11-01:
+    it had been $1.25 per million write and $0.25 per million read request units)."""
+
+    write_per_million: float = Field(0.625, ge=0, description="USD per million write units")
+    read_per_million: float = Field(0.125, ge=0, description="USD per million read units")
+    storage_per_gb_month: float = Field(
+        0.25, ge=0, description="USD per GB-month stored (first 25 GB per account are free)"
+    )
 
 
 class ControlSettings(_Section):
@@ -140,6 +175,57 @@ class ControlSettings(_Section):
     )
     schema_name: str = Field(
         "replicator", pattern=r"^[a-z_][a-z0-9_]*$", description="schema of the control tables"
+    )
+
+
+class PhaseSettings(_Section):
+    """Gates of `replicator phase set`: what moving a table's reads forward requires."""
+
+    max_lag_s: float = Field(
+        30.0,
+        ge=0,
+        description="hybrid-read and later: the consumer group's oldest uncommitted record of "
+        "the table may be at most this old",
+    )
+    verify_within_h: float = Field(
+        24.0, gt=0, description="hybrid-read and later: a clean full verify at most this old"
+    )
+    incident_window_h: float = Field(
+        24.0,
+        ge=0,
+        description="dynamodb-only: zero fallbacks and zero shadow mismatches over this window, "
+        "which the table must also have spent in hybrid-read",
+    )
+    lag_timeout_s: float = Field(10.0, gt=0, description="how long the lag gate waits for Kafka")
+
+
+class BackfillSettings(_Section):
+    """`replicator backfill` (topic replay) and `replicator snapshot` (incremental snapshot)."""
+
+    group_prefix: str = Field(
+        "replicator-backfill",
+        description="a backfill's consumer group is {group_prefix}.{table}.{target}: the same "
+        "command run again resumes from its committed offsets",
+    )
+    live_lag_events: int = Field(
+        2000,
+        ge=0,
+        description="a backfill into a table the live group also writes pauses while that "
+        "group is more than this many records behind on the table",
+    )
+    live_lag_s: float = Field(
+        30.0, ge=0, description="... or while its oldest unapplied record is older than this"
+    )
+    live_check_s: float = Field(
+        5.0, gt=0, description="how often the live group's lag is read during a backfill"
+    )
+    progress_log_s: float = Field(
+        10.0, gt=0, description="a progress line is logged this often (for non-interactive runs)"
+    )
+    signal_table: str = Field(
+        "dbo.debezium_signal",
+        pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$",
+        description="the connector's signal.data.collection (schema.table)",
     )
 
 
@@ -167,6 +253,9 @@ class Settings(BaseSettings):
     dynamodb: DynamoSettings = DynamoSettings()
     metrics: MetricsSettings = MetricsSettings()
     control: ControlSettings = ControlSettings()
+    cost: CostSettings = CostSettings()
+    phases: PhaseSettings = PhaseSettings()
+    backfill: BackfillSettings = BackfillSettings()
     stack: StackSettings = StackSettings()
     tables: list[TableMapping] = Field(default_factory=lambda: default_tables())
     log_level: str = "INFO"

@@ -96,6 +96,16 @@ class ConnectClient:
         response = self._call("GET", f"/connectors/{self.name}/status")
         return None if response.status_code == 404 else response.json()
 
+    def config(self) -> dict[str, str] | None:
+        response = self._call("GET", f"/connectors/{self.name}/config")
+        return None if response.status_code == 404 else response.json()
+
+    def offsets(self) -> list[dict[str, Any]] | None:
+        """The source offsets Connect has committed for the connector (Kafka 3.6+):
+        ``[{"partition": {...}, "offset": {...}}]``."""
+        response = self._call("GET", f"/connectors/{self.name}/offsets")
+        return None if response.status_code == 404 else response.json().get("offsets", [])
+
     def restart(self) -> None:
         response = self._call(
             "POST",
