@@ -163,8 +163,6 @@ CREATE OR REPLACE VIEW {schema}.current_phases AS
            changed_at, changed_by, why, forced
     FROM {schema}.phases;
 """
-# Any stable number: serializes concurrent first-use DDL across processes.
-_DDL_LOCK = 0x7265706C_70686173
 
 
 class PhaseStore:
@@ -199,7 +197,9 @@ class PhaseStore:
             return
         phases = sql.SQL(", ").join(sql.Literal(p.value) for p in Phase)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            # The same lock as verify's store: first-use DDL of the control schema serializes
+            # across processes (CREATE ... IF NOT EXISTS alone can collide in the catalog).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.control.ddl'))")
             conn.execute(sql.SQL(_DDL).format(schema=self.schema, phases=phases))
             # Every mapped table gets a row, so the view lists them all for other readers.
             for mapping in self.settings.tables:
@@ -616,25 +616,25 @@ def lag_check(settings: Settings, table: str) -> Check:
 
 
 def verify_check(settings: Settings, table: str) -> Check:
-    """hybrid-read: a full verify that found zero divergence, recently enough."""
+    """hybrid-read: the latest full verify found zero divergence and is recent enough (a clean
+    run followed by a divergent one does not count)."""
     gate, window = Phase.HYBRID_READ, settings.phases.verify_within_h
-    need = f"within the last {window:g} h"
+    need = f"latest full verify clean, within {window:g} h"
     try:
-        from replicator.verify import last_clean_verify
+        from replicator.verify import last_full_verify
 
-        last = last_clean_verify(settings, table)
+        last = last_full_verify(settings, table)
     except ReplicatorError as exc:
         return Check(gate, "clean verify", False, f"unknown: {exc}", need)
     if last is None:
-        return Check(gate, "clean verify", False, "none recorded", need)
-    age_h = (_now() - last).total_seconds() / 3600
-    return Check(
-        gate,
-        "clean verify",
-        age_h <= window,
-        f"{last.isoformat(timespec='seconds')} ({age_h:.1f} h ago)",
-        need,
-    )
+        return Check(gate, "clean verify", False, "no full verify recorded", need)
+    age_h = (_now() - last.finished_at).total_seconds() / 3600
+    when = f"{last.finished_at.isoformat(timespec='seconds')} ({age_h:.1f} h ago)"
+    if not last.clean:
+        return Check(
+            gate, "clean verify", False, f"{last.divergent} divergent keys at {when}", need
+        )
+    return Check(gate, "clean verify", age_h <= window, f"clean at {when}", need)
 
 
 def incident_checks(settings: Settings, store: PhaseStore, table: str, start: Phase) -> list[Check]:
