@@ -1,5 +1,5 @@
 """The consumer's HTTP endpoint (standard library, one daemon thread): /metrics, /healthz,
-/readyz.
+/readyz, and the HTML status page at / (replicator.status: lag and throughput charts).
 
 - ``/healthz`` (liveness): 200 while the loop is running and has turned (polled Kafka, or
   retried a failed batch write) within ``metrics.live_within_s``; 503 otherwise. A DynamoDB
@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from replicator.errors import ReplicatorError
 from replicator.metrics import Metrics
+from replicator.status import History, from_registry, page_html
 
 _REASON_CHARS = 200
 
@@ -84,8 +85,18 @@ class Health:
 class Server:
     """ThreadingHTTPServer in a daemon thread; ``port`` 0 binds any free port."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Health) -> None:
-        handler = type("Handler", (_Handler,), {"metrics": metrics, "health": health})
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: Health,
+        history: History | None = None,
+    ) -> None:
+        handler = type(
+            "Handler", (_Handler,), {"metrics": metrics, "health": health, "history": history}
+        )
+        self.history = history
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -101,9 +112,13 @@ class Server:
 
     def start(self) -> Server:
         self.thread.start()
+        if self.history is not None:
+            self.history.start()
         return self
 
     def close(self) -> None:
+        if self.history is not None:
+            self.history.stop()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -111,6 +126,7 @@ class Server:
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics
     health: Health
+    history: History | None
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -120,8 +136,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(*self.health.live())
         elif path == "/readyz":
             self._json(*self.health.ready())
+        elif path in ("/", "/status"):
+            self._send(200, "text/html; charset=utf-8", self._page().encode())
         else:
-            self._json(False, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]})
+            self._json(
+                False,
+                {"error": "not found", "paths": ["/", "/metrics", "/healthz", "/readyz"]},
+            )
+
+    def _page(self) -> str:
+        history = self.history
+        points = history.snapshot() if history is not None else []
+        tables = list(history.topic_tables.values()) if history is not None else []
+        span = history.keep_s if history is not None else 600.0
+        return page_html(
+            points, tables, self.health, time.time(), span, from_registry(self.metrics)
+        )
 
     def _json(self, ok: bool, body: dict[str, Any]) -> None:
         status = 200 if ok else (404 if "error" in body else 503)

@@ -8,15 +8,21 @@ consumer lag is refreshed at most every ``metrics.lag_interval_s``, not per reco
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter as Tally
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from replicator.sink import SinkResult
+
+if TYPE_CHECKING:
+    from replicator.config import Settings
+    from replicator.lag import SlotLag
 
 # Seconds: a single conditional write is milliseconds; a throttled one backs off for seconds.
 _WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -25,12 +31,27 @@ _WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _OFFSET_INVALID = 0  # offsets below this are librdkafka's logical offsets (none known yet)
+# Kafka Connect's states, plus ours: MISSING (no such connector) and UNKNOWN (no answer).
+CONNECT_STATES = (
+    "RUNNING",
+    "PAUSED",
+    "STOPPED",
+    "FAILED",
+    "UNASSIGNED",
+    "RESTARTING",
+    "MISSING",
+    "UNKNOWN",
+)
 
 log = structlog.get_logger("replicator.metrics")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, tables: Iterable[str] = ()
+    ) -> None:
+        """``tables``: the mapped tables, whose series start at 0 (a series that appears only
+        with its first event hides the first increase from rate() and from alerts)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
 
@@ -91,6 +112,74 @@ class Metrics:
             "Unix time of the consumer loop's last poll.",
             registry=r,
         )
+        self.write_units = Counter(
+            "replicator_dynamodb_consumed_write_units",
+            "Write capacity units DynamoDB reported for the sink's writes "
+            "(ReturnConsumedCapacity=TOTAL; GSI writes included). Writes the position guard "
+            "refused also cost a unit each, but DynamoDB does not report them.",
+            ["table"],
+            registry=r,
+        )
+        self.throttled = Counter(
+            "replicator_dynamodb_throttled_requests",
+            "Write attempts DynamoDB refused for throughput (ProvisionedThroughputExceeded, "
+            "ThrottlingException, RequestLimitExceeded, or a transaction cancelled for it); "
+            "the client retried them.",
+            ["table"],
+            registry=r,
+        )
+        self.slot_retained = Gauge(
+            "replicator_slot_retained_wal_bytes",
+            "WAL PostgreSQL keeps for the connector's replication slot (current LSN minus the "
+            "slot's restart_lsn); 0 when the slot does not exist.",
+            registry=r,
+        )
+        self.slot_active = Gauge(
+            "replicator_slot_active",
+            "1 while a client (Debezium) streams from the replication slot, else 0 (also when "
+            "the slot does not exist).",
+            registry=r,
+        )
+        self.slot_probe_failures = Counter(
+            "replicator_slot_probe_failures",
+            "Reads of pg_replication_slots that failed (the slot gauges keep their last value).",
+            registry=r,
+        )
+        self.connector_state = Gauge(
+            "replicator_connector_state",
+            "1 for the Debezium connector's current state in Kafka Connect, 0 for the others "
+            "(MISSING: no such connector; UNKNOWN: Connect did not answer).",
+            ["state"],
+            registry=r,
+        )
+        self.connector_tasks = Gauge(
+            "replicator_connector_tasks",
+            "The connector's tasks in each state.",
+            ["state"],
+            registry=r,
+        )
+        self.start_time = Gauge(
+            "replicator_start_time_seconds",
+            "Unix time this consumer started (for rates over its whole life).",
+            registry=r,
+        )
+        self.start_time.set(time.time())
+        for table in tables:
+            for metric in (
+                self.consumed,
+                self.applied,
+                self.skipped,
+                self.stale,
+                self.dead_lettered,
+                self.write_units,
+                self.throttled,
+                self.write_seconds,
+                self.end_to_end_seconds,
+            ):
+                metric.labels(table)
+        for state in CONNECT_STATES:
+            self.connector_state.labels(state).set(0)
+            self.connector_tasks.labels(state).set(0)
         self._lag_labels: set[tuple[str, str]] = set()
         self._lag_refreshed = float("-inf")
 
@@ -125,7 +214,30 @@ class Metrics:
                 observe = self.end_to_end_seconds.labels(table).observe
                 for seconds in part.e2e_s:
                     observe(max(0.0, seconds))  # clocks of two machines: never negative
+            if part.capacity:
+                self.write_units.labels(table).inc(part.capacity)
+            if part.throttled:
+                self.throttled.labels(table).inc(part.throttled)
         self.batches.inc()
+
+    # The source monitor's calls (its own thread, every metrics.source_interval_s).
+
+    def slot(self, lag: SlotLag | None) -> None:
+        self.slot_retained.set(lag.retained_wal_bytes if lag else 0)
+        self.slot_active.set(1 if lag and lag.active else 0)
+
+    def connector(self, status: dict[str, Any] | None, reachable: bool = True) -> None:
+        """Kafka Connect's status answer; None: the connector does not exist."""
+        if not reachable:
+            state, tasks = "UNKNOWN", []
+        elif status is None:
+            state, tasks = "MISSING", []
+        else:
+            state = status.get("connector", {}).get("state", "UNKNOWN")
+            tasks = [t.get("state", "UNKNOWN") for t in status.get("tasks", [])]
+        for known in {*CONNECT_STATES, state, *tasks}:
+            self.connector_state.labels(known).set(1 if known == state else 0)
+            self.connector_tasks.labels(known).set(tasks.count(known))
 
     def polled(self) -> None:
         self.last_poll.set(time.time())
@@ -168,3 +280,65 @@ class Metrics:
         for gone in self._lag_labels - labels:  # revoked: its lag is another consumer's now
             self.lag.remove(*gone)
         self._lag_labels = labels
+
+
+class SourceMonitor:
+    """Reads the replication slot (PostgreSQL) and the connector's state (Kafka Connect REST)
+    into the metrics every ``metrics.source_interval_s``, in a daemon thread: a slow database
+    or Connect never holds the consumer loop. A failed read is logged and leaves the last slot
+    values (Connect's failure is itself a state: UNKNOWN)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        read_slot: Callable[[], SlotLag | None] | None = None,
+        read_connector: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> None:
+        self.every_s = settings.metrics.source_interval_s
+        self.metrics = metrics
+        if read_slot is None:
+            from replicator.lag import slot_lag
+
+            def read_slot() -> SlotLag | None:
+                return slot_lag(settings)
+
+        if read_connector is None:
+            from replicator.connector import ConnectClient
+
+            client = ConnectClient(settings)
+            read_connector = client.status
+        self.read_slot = read_slot
+        self.read_connector = read_connector
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="source-monitor", daemon=True)
+
+    def start(self) -> SourceMonitor:
+        if self.every_s > 0:
+            self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def once(self) -> None:
+        from replicator.errors import ReplicatorError
+
+        try:
+            self.metrics.slot(self.read_slot())
+        except ReplicatorError as exc:
+            self.metrics.slot_probe_failures.inc()
+            log.warning("replication slot not read", error=str(exc)[:300])
+        try:
+            self.metrics.connector(self.read_connector())
+        except ReplicatorError as exc:
+            self.metrics.connector(None, reachable=False)
+            log.warning("connector state not read", error=str(exc)[:300])
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.once()
+            except Exception:  # a surprise must not end the thread: the gauges would freeze
+                log.exception("source monitor failed; trying again later")
+            self.stopping.wait(self.every_s)
