@@ -411,6 +411,162 @@ def demo(
             out.print_json(json.dumps(sample[0]))
 
 
+# --- backfill ---------------------------------------------------------------------------------
+
+
+@app.command("snapshot")
+@friendly
+def snapshot(
+    table: Annotated[str, typer.Option("--table", help="Mapping name or source table.")],
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help="Only rows matching this SQL condition on the source table, e.g. "
+            "\"paymentdate >= '2024-01-01'\" (one expression: ';' and comments are refused).",
+        ),
+    ] = None,
+) -> None:
+    """Ask the running connector for an incremental snapshot of a table (Debezium's signal
+    table): its rows are re-read in chunks and re-flow through the live consumer while
+    streaming continues."""
+    from replicator.snapshot import request_snapshot
+
+    s = settings()
+    mapping = s.mapping_named(table)
+    signal_id, matched = request_snapshot(s, mapping, where)
+    rows = "every row" if matched is None else f"{matched} row(s) matching --where"
+    _say(
+        f"signal {signal_id} sent: {s.connector.name} re-reads {rows} of {mapping.source}; "
+        "progress is in Kafka Connect's log ('Incremental snapshot')"
+    )
+
+
+@app.command("backfill")
+@friendly
+def backfill(
+    table: Annotated[
+        list[str] | None,
+        typer.Option("--table", help="Mapping name or source table; repeat it; default: all."),
+    ] = None,
+    into: Annotated[
+        str | None,
+        typer.Option(
+            help="Write into this DynamoDB table (created from the mapping if missing) instead "
+            "of the mapping's; with several tables a pattern with {name}, e.g. '{name}_v2'.",
+        ),
+    ] = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Replay the whole topic (the default).")
+    ] = False,
+    from_time: Annotated[
+        str | None,
+        typer.Option(help="Replay records from this time on (ISO 8601, UTC by default)."),
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart", help="Start over instead of resuming from the last run's offsets."
+        ),
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Do not stop at the end: go on with live changes.")
+    ] = False,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(help="At most this many DynamoDB write units per second (all tables)."),
+    ] = None,
+) -> None:
+    """Replay tables' compacted topics into DynamoDB through the consumer's pipeline, with a
+    consumer group of their own: progress shown, resumable after a kill, stops at the ends
+    seen at start (or --follow). Several tables run in parallel."""
+    import signal
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from replicator.backfill import Backfill, parse_time, plan_jobs
+    from replicator.log import configure
+
+    if from_beginning and from_time is not None:
+        raise ReplicatorError("--from-beginning and --from-time exclude each other")
+    s = settings()
+    configure(s.log_level)
+    jobs = plan_jobs(s, table, into)
+    from_ms = parse_time(from_time) if from_time is not None else None
+    runner = Backfill(
+        s, jobs, from_ms=from_ms, restart=restart, follow=follow, rate_limit=rate_limit
+    )
+    for r in runner.running:
+        done, total = r.progress()
+        how = f"resuming at {done}/{total}" if r.summary.resumed else f"{total} record(s)"
+        _say(f"{r.job.mapping.name} -> {r.job.target.name}: group {r.job.group_id}, {how}")
+
+    def stop(_signum: int, _frame: Any) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} events/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    tasks = {}
+    for r in runner.running:
+        done, total = r.progress()
+        tasks[id(r)] = progress.add_task(
+            f"{r.job.mapping.name} -> {r.job.target.name}", total=total, completed=done, rate="-"
+        )
+
+    def tick(running: list[Any]) -> None:
+        for r in running:
+            done, _total = r.progress()
+            task = tasks[id(r)]
+            progress.update(task, completed=done)
+            speed = progress.tasks[task].speed
+            progress.update(task, rate=f"{speed:,.0f}" if speed else "-")
+
+    try:
+        with progress:
+            summaries = runner.run(tick)
+    finally:
+        runner.close()
+    for x in summaries:
+        state = "done" if x.finished else ("failed" if x.error else "stopped")
+        live = ""
+        if x.live is not None:
+            live = (
+                f"; live lag max {x.live.max_events} events / {x.live.max_seconds:.1f} s, "
+                f"paused {x.live.paused_s:.0f} s"
+            )
+        out.print(
+            f"{x.table} -> {x.target}: {state}, {x.events} events, {x.written} written, "
+            f"{x.stale} stale, {x.skipped} skipped, {x.dead_lettered} dead-lettered in "
+            f"{x.seconds:.1f} s ({x.rate:,.0f} events/s){live}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    failed = [x for x in summaries if x.error]
+    if failed:
+        raise ReplicatorError(
+            "; ".join(f"{x.table}: {x.error}" for x in failed) + " (the same command resumes)"
+        )
+    if not all(x.finished for x in summaries) and not follow:
+        _say("stopped before the end; the same command resumes where it stopped")
+        raise typer.Exit(130)
+
+
 # --- dead letters ---------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from replicator.health import Health
 from replicator.lookup import Lookups
 from replicator.mapping import TableMapping, item_key, to_item
 from replicator.metrics import Metrics
-from replicator.sink import Change, DynamoSink, plan
+from replicator.sink import Change, DynamoSink, Write, plan
 from replicator.source import KafkaSource
 
 log = structlog.get_logger("replicator.pipeline")
@@ -57,6 +57,7 @@ class Pipeline:
         dead_letters: DeadLetters,
         metrics: Metrics | None = None,
         health: Health | None = None,
+        before_write: Callable[[list[Write]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -67,6 +68,9 @@ class Pipeline:
         self.health = health or Health(settings.metrics.live_within_s)
         self.by_topic = {settings.topic_of(t): t for t in settings.tables}
         self.stats = Stats()
+        # Called with each batch's writes before they go out: a backfill's rate limit and its
+        # yielding to the live consumer. It may wait; it must not change the writes.
+        self.before_write = before_write
         self.stopping = threading.Event()
         self._dead_lettered: Counter[str] = Counter()  # this batch's, per table
 
@@ -115,6 +119,8 @@ class Pipeline:
         self._dead_lettered.clear()
         changes, skipped = self._changes(messages)
         writes = plan(changes)
+        if self.before_write is not None and writes:
+            self.before_write(writes)
         while True:
             try:
                 result = self.sink.write(writes)
@@ -271,14 +277,17 @@ def build(
     group_id: str | None = None,
     metrics: Metrics | None = None,
     health: Health | None = None,
+    source: KafkaSource | None = None,
+    before_write: Callable[[list[Write]], None] | None = None,
 ) -> Pipeline:
-    """Wire the stages from the settings."""
+    """Wire the stages from the settings; a replay passes its own (bounded) source."""
     from replicator.dynamo import dynamodb_writer
 
     topics = [settings.topic_of(t) for t in settings.tables]
     if not topics:
         raise ReplicatorError("no tables are mapped: nothing to consume")
-    source = KafkaSource(settings.kafka, topics, group_id)
+    if source is None:
+        source = KafkaSource(settings.kafka, topics, group_id)
     sink = DynamoSink(
         dynamodb_writer(settings.dynamodb, settings.dynamodb.concurrency),
         settings.dynamodb.concurrency,
@@ -288,4 +297,4 @@ def build(
     connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
     ensure_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, extra=connection)
     dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
-    return Pipeline(settings, source, sink, lookups, dead_letters, metrics, health)
+    return Pipeline(settings, source, sink, lookups, dead_letters, metrics, health, before_write)
