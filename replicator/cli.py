@@ -305,15 +305,26 @@ def run_consumer(
     import structlog
 
     from replicator.health import Health, Server
-    from replicator.metrics import Metrics
+    from replicator.metrics import Metrics, SourceMonitor
+    from replicator.status import History
 
-    metrics, health = Metrics(), Health(s.metrics.live_within_s)
+    metrics = Metrics(tables=[t.name for t in s.tables])
+    health = Health(s.metrics.live_within_s)
     server = None
     if s.metrics.enabled:  # first: a port in use fails before joining the group
-        server = Server(s.metrics.host, s.metrics.port, metrics, health).start()
-        structlog.get_logger("replicator.cli").info(
-            "serving /metrics, /healthz, /readyz", host=s.metrics.host, port=server.port
+        history = History(
+            metrics,
+            {s.topic_of(t): t.name for t in s.tables},
+            s.metrics.history_interval_s,
+            s.metrics.history_s,
         )
+        server = Server(s.metrics.host, s.metrics.port, metrics, health, history).start()
+        structlog.get_logger("replicator.cli").info(
+            "serving /metrics, /healthz, /readyz, status page /",
+            host=s.metrics.host,
+            port=server.port,
+        )
+    monitor = SourceMonitor(s, metrics).start()  # slot and connector state, off the loop
     pipeline = build(s, metrics=metrics, health=health)
 
     def stop(_signum: int, _frame: Any) -> None:
@@ -331,6 +342,7 @@ def run_consumer(
     try:
         stats = pipeline.run(until)
     finally:
+        monitor.stop()
         pipeline.close()
         if server is not None:
             server.close()
@@ -565,6 +577,124 @@ def backfill(
     if not all(x.finished for x in summaries) and not follow:
         _say("stopped before the end; the same command resumes where it stopped")
         raise typer.Exit(130)
+
+
+# --- lag, status, cost -----------------------------------------------------------------------
+
+_METRICS_URL = typer.Option(
+    "--metrics-url",
+    help="A running consumer's /metrics URL (repeat for every replica; they are summed). "
+    "Default: metrics.consumer_urls, else this host's metrics.port.",
+)
+
+
+_GROUP = typer.Option("--group", help="Consumer group (default: kafka.group_id).")
+
+
+def _lag_screen(
+    urls: list[str] | None,
+    watch: bool,
+    as_json: bool,
+    interval: float,
+    probes: bool,
+    group: str | None = None,
+) -> bool:
+    """The lag/status screen once, or live until Ctrl-C; returns whether all is healthy."""
+    from replicator.status import gather, render
+
+    if interval <= 0:
+        raise ReplicatorError("--interval must be more than 0 seconds")
+    if watch and as_json:
+        raise ReplicatorError("--watch and --json do not go together")
+    s = settings()
+    targets = urls or s.metrics.urls()
+    if not watch:
+        report, _ = gather(
+            s, targets, window_s=min(interval, 2.0), group_id=group, with_probes=probes
+        )
+        if as_json:
+            out.print_json(json.dumps(report.as_json()))
+        else:
+            out.print(render(report))
+        return report.healthy()
+    import time
+
+    from rich.live import Live
+
+    report, previous = gather(s, targets, window_s=0, group_id=group, with_probes=probes)
+    with Live(render(report), console=out, refresh_per_second=4, screen=False) as live:
+        while True:
+            time.sleep(interval)
+            report, scrape = gather(
+                s, targets, previous=previous, window_s=0, group_id=group, with_probes=probes
+            )
+            previous = scrape or previous
+            live.update(render(report))
+
+
+@app.command("lag")
+@friendly
+def lag_command(
+    metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
+    group: Annotated[str | None, _GROUP] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document, for scripts.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes (and the rate window).")
+    ] = 2.0,
+) -> None:
+    """Per table: phase, connector state, slot lag, consumer lag, end-to-end p50/p99, throughput."""
+    _lag_screen(metrics_url, watch, as_json, interval, probes=False, group=group)
+
+
+@app.command("status")
+@friendly
+def status_command(
+    metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
+    group: Annotated[str | None, _GROUP] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document, for scripts.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes (and the rate window).")
+    ] = 2.0,
+) -> None:
+    """The lag screen plus each consumer's /healthz and /readyz; exit 1 unless the connector and
+    its tasks run, the slot is active and every consumer is reachable and ready."""
+    if not _lag_screen(metrics_url, watch, as_json, interval, probes=True, group=group):
+        raise typer.Exit(1)
+
+
+@app.command("cost")
+@friendly
+def cost_command(
+    metrics_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metrics-url",
+            help="/metrics URL of a consumer or of the read API (repeat; summed). Default: "
+            "metrics.consumer_urls, else this host's metrics.port.",
+        ),
+    ] = None,
+    window: Annotated[
+        float,
+        typer.Option(help="Measure over this many seconds; 0: over the processes' lifetime."),
+    ] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Monthly DynamoDB on-demand estimate per table from the consumed capacity the running
+    processes report (prices: settings cost.*), plus storage from DescribeTable."""
+    from replicator.cost import measure, render
+
+    s = settings()
+    report = measure(s, metrics_url or s.metrics.urls(), window)
+    if as_json:
+        out.print_json(json.dumps(report.as_json()))
+    else:
+        out.print(render(report))
 
 
 # --- dead letters ---------------------------------------------------------------------------

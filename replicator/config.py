@@ -166,6 +166,46 @@ class CostSettings(_Section):
     )
 
 
+class ReadsSettings(_Section):
+    """The read path (library and HTTP API): routing by phase, shadow reads, page sizes."""
+
+    cache_s: float = Field(
+        2.0, ge=0, description="a table's phase is cached this long: a change applies within it"
+    )
+    shadow: bool = Field(
+        False,
+        description="also read the other store in the background, serve the phase's store and "
+        "record mismatches",
+    )
+    shadow_recheck_s: float = Field(
+        2.0, ge=0, description="a mismatch is read again after this long (replication lag)"
+    )
+    incident_flush_s: float = Field(
+        10.0, gt=0, description="fallbacks and mismatches are written to the phase store this often"
+    )
+    host: str = Field("127.0.0.1", description="HTTP read API: address to bind")
+    port: int = Field(9110, ge=0, le=65535, description="HTTP read API port; 0: any free port")
+    default_page_size: int = Field(50, gt=0)
+    max_page_size: int = Field(500, gt=0)
+    max_range_days: int = Field(
+        366, gt=0, description="longest time range of a by-service query (one query per day)"
+    )
+    postgres_dsn: SecretStr | None = Field(
+        None, description="libpq DSN PostgreSQL reads use; unset: the postgres section's"
+    )
+    postgres_pool_size: int = Field(8, gt=0, description="PostgreSQL connections kept for reads")
+    dynamodb_attempts: int = Field(
+        2, gt=0, description="attempts per DynamoDB read (a fallback should not wait long)"
+    )
+    dynamodb_timeout_s: float = Field(3.0, gt=0, description="connect and read timeout")
+
+    @model_validator(mode="after")
+    def _pages(self) -> ReadsSettings:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size is larger than max_page_size")
+        return self
+
+
 class ControlSettings(_Section):
     """Where the replicator keeps its own state (phases and their audit, verify results):
     a schema in PostgreSQL, so applications in any language can read the phases with SQL."""
@@ -229,6 +269,35 @@ class BackfillSettings(_Section):
     )
 
 
+class VerifySettings(_Section):
+    """`replicator verify` and `replicator validate`."""
+
+    scan_segments: int = Field(4, ge=1, le=64, description="parallel segments of the DynamoDB scan")
+    fetch_rows: int = Field(2000, gt=0, description="PostgreSQL rows per server-side cursor fetch")
+    bucket_rows: int = Field(
+        50_000,
+        gt=0,
+        description="(key, digest) entries per on-disk bucket: the most held in memory at once",
+    )
+    max_buckets: int = Field(256, ge=1, le=1024, description="bucket files per side at most")
+    spill_dir: Path | None = Field(None, description="where the buckets go; unset: system temp")
+    debezium_margin_s: float = Field(
+        2.0, ge=0, description="before the re-check: time for a commit to reach Kafka"
+    )
+    max_recheck_wait_s: float = Field(
+        120.0, ge=0, description="longest wait for the consumer group to apply what is in Kafka"
+    )
+    recheck_rounds: int = Field(2, ge=0, le=5, description="re-checks of divergent keys")
+    sample_threshold: float = Field(
+        0.95, ge=0, le=1, description="validate: least share of sampled rows that must match"
+    )
+    sample_rows: int = Field(100, gt=0, description="validate: rows sampled per table")
+    latency_reads: int = Field(20, gt=0, description="validate: reads per access pattern")
+    coordinated_timeout_s: float = Field(
+        60.0, gt=0, description="validate: a test row must reach DynamoDB within this long"
+    )
+
+
 class StackSettings(_Section):
     """The local development/test stack (plain processes, no Docker)."""
 
@@ -253,9 +322,11 @@ class Settings(BaseSettings):
     dynamodb: DynamoSettings = DynamoSettings()
     metrics: MetricsSettings = MetricsSettings()
     control: ControlSettings = ControlSettings()
+    reads: ReadsSettings = ReadsSettings()
     cost: CostSettings = CostSettings()
     phases: PhaseSettings = PhaseSettings()
     backfill: BackfillSettings = BackfillSettings()
+    verify: VerifySettings = VerifySettings()
     stack: StackSettings = StackSettings()
     tables: list[TableMapping] = Field(default_factory=lambda: default_tables())
     log_level: str = "INFO"

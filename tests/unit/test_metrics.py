@@ -18,13 +18,14 @@ from prometheus_client import Counter
 
 from replicator.config import Settings
 from replicator.health import Health, Server
-from replicator.metrics import Metrics
+from replicator.metrics import CONNECT_STATES, Metrics
 from replicator.pipeline import Pipeline
 from replicator.sink import DynamoSink
 
 LOGS = "dbo.integrationlogs"
 TABLE = "IntegrationLogs"
-ALLOWED_LABELS = {"table", "topic", "partition", "le"}  # le: a histogram's bucket
+# le: a histogram's bucket; state: the connector's and its tasks' (a fixed set of values)
+ALLOWED_LABELS = {"table", "topic", "partition", "le", "state"}
 
 
 class FakeMessage:
@@ -244,6 +245,7 @@ def test_labels_stay_low_cardinality() -> None:
     assert label_values["table"] == {TABLE}  # 150 rows, 3 partitions: one table label
     assert label_values["partition"] == {"0", "1", "2"}
     assert label_values["topic"] == {f"loans.{LOGS}"}
+    assert label_values["state"] <= set(CONNECT_STATES)
     for n in range(3):
         assert value(
             p.metrics, "replicator_consumer_lag", topic=f"loans.{LOGS}", partition=str(n)
