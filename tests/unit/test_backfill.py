@@ -1,0 +1,122 @@
+"""Pure parts of backfill and snapshot: write-unit estimates, the token bucket, job planning,
+--from-time, and the --where checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicator.backfill import TokenBucket, item_size, parse_time, plan_jobs, write_units
+from replicator.config import Settings
+from replicator.errors import ConfigError
+from replicator.events import Origin, Position
+from replicator.sink import Write
+from replicator.snapshot import check_where, signal_data
+
+
+def _write(settings: Settings, item: dict | None, origin: int = 0) -> Write:
+    mapping = settings.tables[0]
+    key = {"PK": {"S": "svc-2024-01-01"}, "SK": {"S": "x"}}
+    return Write(
+        mapping,
+        key,
+        item,
+        Position(1, 1, 1),
+        0,
+        frozenset(),
+        (Origin("t", 0, origin),),
+    )
+
+
+def test_item_size_counts_names_and_values() -> None:
+    item = {"PK": {"S": "abc"}, "N1": {"N": "12345"}, "B": {"BOOL": True}, "Z": {"S": "é"}}
+    assert item_size(item) == (2 + 3) + (2 + 4) + (1 + 1) + (1 + 2)
+
+
+def test_write_units_round_up_per_kb_and_double_key_moves() -> None:
+    s = Settings()
+    small = _write(s, {"PK": {"S": "a"}, "X": {"S": "x" * 100}}, origin=1)
+    big = _write(s, {"PK": {"S": "a"}, "X": {"S": "x" * 2500}}, origin=2)  # 3 KB
+    marker = _write(s, None, origin=3)
+    assert write_units([small]) == 1
+    assert write_units([big]) == 3
+    assert write_units([marker]) == 1
+    assert write_units([small, big, marker]) == 5
+    # A key move: the new item and the marker at the old key share their origins (one
+    # transaction), and transactional writes cost double.
+    move_new = _write(s, {"PK": {"S": "a"}, "X": {"S": "x" * 100}}, origin=9)
+    move_old = _write(s, None, origin=9)
+    assert write_units([move_new, move_old]) == 4
+
+
+def test_token_bucket_waits_for_debt() -> None:
+    now = [0.0]
+    bucket = TokenBucket(100, clock=lambda: now[0])
+    assert bucket.take(100) == 0.0  # the first second's budget
+    assert bucket.take(50) == pytest.approx(0.5)  # in debt: wait half a second
+    now[0] = 0.5
+    assert bucket.take(100) == pytest.approx(1.0)
+    now[0] = 10.0  # refills up to the burst only
+    assert bucket.take(100) == 0.0
+    assert bucket.take(1) == pytest.approx(0.01)
+    with pytest.raises(ConfigError):
+        TokenBucket(0)
+
+
+def test_plan_jobs_names_targets_and_groups() -> None:
+    s = Settings()
+    jobs = plan_jobs(s, None, None)
+    assert [j.target.name for j in jobs] == [m.name for m in s.tables]
+    assert all(j.shares_live_table for j in jobs)
+    assert jobs[0].group_id == f"replicator-backfill.{jobs[0].mapping.name}.{jobs[0].mapping.name}"
+    (one,) = plan_jobs(s, ["Payments"], "Payments_v2")
+    assert one.target.name == "Payments_v2" and not one.shares_live_table
+    assert one.group_id.endswith(".Payments.Payments_v2")
+    both = plan_jobs(s, None, "{name}_copy")
+    assert [j.target.name for j in both] == [f"{m.name}_copy" for m in s.tables]
+    with pytest.raises(ConfigError, match="pattern with"):
+        plan_jobs(s, None, "Single")
+    with pytest.raises(ConfigError, match="no mapped table"):
+        plan_jobs(s, ["Nope"], None)
+
+
+def test_parse_time() -> None:
+    assert parse_time("1970-01-01T00:00:01Z") == 1000
+    assert parse_time("1970-01-02") == 86_400_000
+    assert parse_time("1970-01-01T01:00:00+01:00") == 0
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        parse_time("yesterday")
+    with pytest.raises(ConfigError, match="future"):
+        parse_time("2999-01-01")
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "1=1; DROP TABLE dbo.payments",
+        "paymentid > 1 -- and the rest",
+        "paymentid > 1 /* x */",
+        "paymentstatus = 'Failed",
+        "(paymentid > 1",
+        "paymentid > 1)",
+        "   ",
+    ],
+)
+def test_check_where_refuses(where: str) -> None:
+    with pytest.raises(ConfigError):
+        check_where(where)
+
+
+def test_check_where_and_signal_data() -> None:
+    where = check_where(" paymentdate >= '2024-01-01' AND loanid IN (1, 2) ")
+    assert where == "paymentdate >= '2024-01-01' AND loanid IN (1, 2)"
+    with pytest.raises(ConfigError):  # refused even inside a literal: no parsing SQL here
+        check_where("transactionid = 'a;b'")
+    mapping = Settings().mapping_named("Payments")
+    assert signal_data(mapping, None) == {
+        "data-collections": ["dbo.payments"],
+        "type": "incremental",
+    }
+    data = signal_data(mapping, where)
+    assert data["additional-conditions"] == [
+        {"data-collection": "dbo.payments", "filter": f"({where})"}
+    ]
