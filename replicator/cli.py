@@ -885,7 +885,7 @@ def phase_set(
     phase: Annotated[
         str, typer.Argument(help="postgres-only | dual-write | hybrid-read | dynamodb-only")
     ],
-    why: Annotated[str, _WHY],
+    why: Annotated[str | None, _WHY] = None,
     who: Annotated[str | None, _WHO] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Move even if gates fail (recorded in the history).")
@@ -919,6 +919,8 @@ def phase_set(
         if failed or skip:
             raise typer.Exit(1)
         return
+    if not why:
+        raise ReplicatorError("a phase change needs a reason: --why TEXT (recorded in the history)")
     _change_phase(table, phase, why, who, force)
 
 

@@ -126,7 +126,7 @@ def test_cli_set_needs_a_reason_and_a_known_phase(monkeypatch: pytest.MonkeyPatc
             monkeypatch.delenv(name)
     runner = CliRunner()
     missing_why = runner.invoke(app, ["phase", "set", "Payments", "dual-write"])
-    assert missing_why.exit_code == 2 and "--why" in missing_why.output
+    assert missing_why.exit_code == 1 and "needs a reason: --why" in missing_why.output
     bogus = runner.invoke(app, ["phase", "set", "Payments", "halfway", "--why", "x"])
     assert bogus.exit_code == 1 and "unknown phase 'halfway'" in bogus.output
     assert bogus.exception is None or isinstance(bogus.exception, SystemExit)
