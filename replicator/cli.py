@@ -999,5 +999,303 @@ def phase_history(
     out.print(view)
 
 
+# --- reads ----------------------------------------------------------------------------------
+
+reads_app = typer.Typer(help="The read path: the HTTP read API.", no_args_is_help=True)
+app.add_typer(reads_app, name="reads")
+
+# CLI name -> ReadPath method; which take a date/time range (True: required).
+_READ_PATTERNS: dict[str, tuple[str, bool | None]] = {
+    "logs-by-application": ("logs_by_application", None),
+    "logs-by-service": ("logs_by_service", True),
+    "logs-by-correlation": ("logs_by_correlation", None),
+    "failures-of-day": ("failures_of_day", None),
+    "log": ("log_by_id", None),
+    "payments-by-customer": ("payments_by_customer", False),
+    "payments-by-loan": ("payments_by_loan", None),
+    "payments-by-status": ("payments_by_status", True),
+    "payments-by-method": ("payments_by_method", True),
+    "payment": ("payment_by_id", None),
+}
+_LOG_COLUMNS = ("LogTimestamp", "LogId", "ServiceName", "ApplicationId", "IsSuccess",
+                "StatusCode", "CorrelationId", "ErrorMessage")  # fmt: skip
+_PAYMENT_COLUMNS = ("PaymentDate", "PaymentId", "CustomerId", "LoanId", "PaymentAmount",
+                    "PaymentMethod", "PaymentStatus", "TransactionId")  # fmt: skip
+
+
+@reads_app.command("serve")
+@friendly
+def reads_serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (reads.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (reads.port).")] = None,
+) -> None:
+    """Serve the read API (JSON, OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
+    import signal
+    import threading
+
+    import structlog
+
+    from replicator.log import configure
+    from replicator.read_api import ReadApi
+    from replicator.reads import ReadPath
+
+    s = settings()
+    configure(s.log_level)
+    path = ReadPath(s)
+    try:
+        api = ReadApi(path, host, port).start()
+    except BaseException:
+        path.close()
+        raise
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    structlog.get_logger("replicator.cli").info(
+        "serving the read API", url=f"http://{api.host}:{api.port}/", spec="/openapi.json"
+    )
+    done.wait()
+    api.close()
+    path.close()
+
+
+@app.command("read")
+@friendly
+def read_one(
+    pattern: Annotated[str, typer.Argument(help=" | ".join(_READ_PATTERNS))],
+    value: Annotated[
+        str,
+        typer.Argument(
+            help="The id, service, correlation id, day, status or method the pattern takes."
+        ),
+    ],
+    start: Annotated[str | None, typer.Option(help="Range start (date or ISO time).")] = None,
+    end: Annotated[str | None, typer.Option(help="Range end (date or ISO time).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Rows per page.")] = None,
+    cursor: Annotated[str | None, typer.Option(help="`next` of a previous page.")] = None,
+    store: Annotated[
+        str, typer.Option(help="auto (the table's phase), postgres or dynamodb.")
+    ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (exact numbers).")] = False,
+) -> None:
+    """Run one access pattern of the read path and print the rows."""
+    from replicator.read_api import to_json
+    from replicator.reads import LOG_PATTERNS, DynamoReads, Page, PostgresReads, ReadPath
+
+    if pattern not in _READ_PATTERNS:
+        raise ReplicatorError(f"unknown pattern {pattern!r}; one of: {', '.join(_READ_PATTERNS)}")
+    method, ranged = _READ_PATTERNS[pattern]
+    if ranged is None and (start or end):
+        raise ReplicatorError(f"{pattern} takes no --start/--end")
+    if ranged and not (start and end):
+        raise ReplicatorError(f"{pattern} needs --start and --end")
+    single = method.endswith("_by_id")
+    if single and (limit is not None or cursor):
+        raise ReplicatorError(f"{pattern} returns one row: no --limit/--cursor")
+    s = settings()
+    args: list[Any] = [value, *([start, end] if ranged is not None else [])]
+    kwargs: dict[str, Any] = {}
+    if not single:
+        kwargs = {"limit": s.reads.default_page_size if limit is None else limit, "after": cursor}
+    if store == "auto":
+        path = ReadPath(s)
+        try:
+            served = path.read(method, *args, **kwargs)
+        finally:
+            path.close()
+        result, source = served.value, served.source
+    elif store in ("postgres", "dynamodb"):
+        reader = PostgresReads(s) if store == "postgres" else DynamoReads(s)
+        try:
+            result, source = getattr(reader, method)(*args, **kwargs), store
+        finally:
+            reader.close()
+    else:
+        raise ReplicatorError(f"--store must be auto, postgres or dynamodb, not {store!r}")
+    rows = result.rows if isinstance(result, Page) else ([result] if result else [])
+    following = result.next if isinstance(result, Page) else None
+    if as_json:
+        body: Any = (
+            {"items": rows, "next": following, "source": source}
+            if isinstance(result, Page)
+            else {"item": result, "source": source}
+        )
+        sys.stdout.write(to_json(body).decode() + "\n")
+        return
+    if single and not rows:
+        err.print(f"no row with id {value} (read from {source})")
+        raise typer.Exit(1)
+    columns = _LOG_COLUMNS if method in LOG_PATTERNS else _PAYMENT_COLUMNS
+    view = Table(*columns, title=f"{pattern} {value} ({len(rows)} from {source})")
+    for row in rows:
+        view.add_row(*("" if row.get(c) is None else str(row[c])[:60] for c in columns))
+    out.print(view)
+    if following:
+        out.print(f"next page: --cursor {following}", highlight=False, soft_wrap=True)
+
+
+# --- verify and validate --------------------------------------------------------------------
+
+DIVERGENT_EXIT = 3  # verify found divergence (1 is an error)
+
+
+class _Bars:
+    """verify's progress on stderr (rich bars, only on a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.progress = Progress(
+            "{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not err.is_terminal,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, task: str, total: int | None) -> None:
+        self.tasks[task] = self.progress.add_task(task, total=total)
+
+    def advance(self, task: str, amount: int) -> None:
+        self.progress.advance(self.tasks[task], amount)
+
+
+def _moment(option: str, text: str | None) -> Any:
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:
+            return dt.date.fromisoformat(text)
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ReplicatorError(
+            f"{option} {text!r} is not an ISO-8601 date or time (2024-01-15, "
+            "2024-01-15T10:30:00; UTC unless it names an offset)"
+        ) from None
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = "-" if value is None else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_report(report: Any, shown: int = 20) -> None:
+    verdict = "[green]clean[/]" if report.clean else f"[red]{report.divergent} divergent[/]"
+    summary = Table("", "", title=f"verify {report.table} ({report.scope})", show_header=False)
+    if report.window:
+        w = report.window
+        summary.add_row("window", f"{w['column']} in [{w['since'] or '…'}, {w['until'] or '…'})")
+    summary.add_row("PostgreSQL rows", str(report.source_rows))
+    summary.add_row(
+        "DynamoDB items", f"{report.replica_items} (+{report.tombstones} delete markers)"
+    )
+    summary.add_row("matched", str(report.matched))
+    for name in ("missing", "extra", "differing", "unmappable"):
+        count = getattr(report, name)
+        summary.add_row(name, f"[red]{count}[/]" if count else "0")
+    summary.add_row("re-checked after lag", f"{report.rechecked} ({report.converged} converged)")
+    if report.repaired or report.repair_skipped:
+        summary.add_row("repaired", f"{report.repaired} ({report.repair_skipped} skipped)")
+    summary.add_row("seconds", f"{report.seconds:.1f}")
+    summary.add_row("result", verdict)
+    out.print(summary)
+    if report.divergences:
+        detail = Table("kind", "key", "source key", "differing attributes (expected → actual)")
+        for d in report.divergences[:shown]:
+            attributes = "; ".join(
+                f"{name}: {_short(exp, 30)} → {_short(act, 30)}"
+                for name, (exp, act) in d.attributes.items()
+            )
+            key = " | ".join(d.key.values()) or "-"
+            detail.add_row(d.kind, key, _short(d.source_key, 30), attributes or d.detail)
+        out.print(detail)
+        if report.divergent > shown:
+            out.print(f"… and {report.divergent - shown} more (--json FILE lists every one)")
+    for note in report.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command("verify")
+@friendly
+def verify_command(
+    table: Annotated[
+        list[str] | None,
+        typer.Option("--table", "-t", help="Mapping name or source table (repeat); default all."),
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="Compare N random rows only (fast), not everything.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Window start on --time-column (ISO date/time, UTC).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Window end (exclusive).")] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option(help="Column of the window; default the first timestamp column."),
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="Rewrite divergent items from PostgreSQL; a newer replicated change wins."
+        ),
+    ] = False,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Write the full report (every divergent key) to this file; with several "
+            "tables, FILE.<table>.json each.",
+        ),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group whose lag the re-check waits for.")
+    ] = None,
+    recheck: Annotated[
+        bool,
+        typer.Option(help="Re-check divergent keys after the replication lag (live traffic)."),
+    ] = True,
+) -> None:
+    """Compare PostgreSQL and DynamoDB row by row through the sink's mapping: counts, missing,
+    extra and differing items. Exit 0 when clean, 3 on divergence, 1 on error."""
+    from replicator.verify import VerifyOptions, Window, default_time_column, verify
+
+    s = settings()
+    mappings = [s.mapping_named(t) for t in table] if table else list(s.tables)
+    if time_column and not (since or until):
+        raise ReplicatorError("--time-column needs --since and/or --until")
+    divergent = False
+    for mapping in mappings:
+        window = None
+        if since or until:
+            window = Window(
+                time_column or default_time_column(mapping),
+                _moment("--since", since),
+                _moment("--until", until),
+            )
+        path = json_path
+        if json_path is not None and len(mappings) > 1:
+            path = json_path.with_name(f"{json_path.stem}.{mapping.name}{json_path.suffix}")
+        options = VerifyOptions(
+            sample=sample,
+            window=window,
+            repair=repair,
+            recheck=recheck,
+            group_id=group,
+            json_path=path,
+        )
+        bars = _Bars()
+        with bars.progress:
+            report = verify(s, mapping, options, bars)
+        _print_report(report)
+        if path is not None:
+            _say(f"report written to {path}")
+        divergent = divergent or not report.clean
+    if divergent:
+        raise typer.Exit(DIVERGENT_EXIT)
+
+
 if __name__ == "__main__":
     sys.exit(app())
