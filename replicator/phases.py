@@ -165,6 +165,9 @@ CREATE OR REPLACE VIEW {schema}.current_phases AS
 """
 
 
+_DDL_DONE: set[tuple[str, str]] = set()
+
+
 class PhaseStore:
     """The phases of the mapped tables, their history, and the read path's incident counts.
 
@@ -196,11 +199,13 @@ class PhaseStore:
         if self._ready:
             return
         phases = sql.SQL(", ").join(sql.Literal(p.value) for p in Phase)
+        marker = (self.settings.control_dsn(), self.settings.control.schema_name)
         with conn.transaction():
-            # The same lock as verify's store: first-use DDL of the control schema serializes
-            # across processes (CREATE ... IF NOT EXISTS alone can collide in the catalog).
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.control.ddl'))")
-            conn.execute(sql.SQL(_DDL).format(schema=self.schema, phases=phases))
+            if marker not in _DDL_DONE:  # once per process: readers make many stores
+                # The same lock as verify's store: first-use DDL of the control schema
+                # serializes across processes (IF NOT EXISTS alone can collide in the catalog).
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.control.ddl'))")
+                conn.execute(sql.SQL(_DDL).format(schema=self.schema, phases=phases))
             # Every mapped table gets a row, so the view lists them all for other readers.
             for mapping in self.settings.tables:
                 conn.execute(
@@ -210,6 +215,7 @@ class PhaseStore:
                     ),
                     (mapping.name, Phase.POSTGRES_ONLY.value),
                 )
+        _DDL_DONE.add(marker)
         self._ready = True
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
@@ -522,14 +528,14 @@ def connector_checks(settings: Settings, source: str) -> list[Check]:
         status = client.status()
         config = client.config() if status is not None else None
         offsets = client.offsets() if status is not None else None
-    except ReplicatorError as exc:
+    except Exception as exc:  # cannot measure: the condition fails, the move is refused
         return [Check(gate, "connector running", False, f"unknown: {exc}", "RUNNING")]
     if status is None:
         return [Check(gate, "connector running", False, f"{name} does not exist", "RUNNING")]
     return [
         running_check(status),
         captured_check(config or {}, source),
-        snapshot_check(offsets or [], source),
+        snapshot_check(offsets, source),
     ]
 
 
@@ -559,11 +565,13 @@ def captured_check(config: dict[str, str], source: str) -> Check:
     return Check(Phase.DUAL_WRITE, "table captured", ok, value, f"includes {source}")
 
 
-def snapshot_check(offsets: list[dict[str, Any]], source: str) -> Check:
+def snapshot_check(offsets: list[dict[str, Any]] | None, source: str) -> Check:
     """Debezium's source offset carries ``snapshot`` (and ``snapshot_completed`` false) while
     the initial snapshot runs and drops them once it streams; an incremental snapshot in progress
     lists its tables under ``incremental_snapshot_collections``."""
     gate, name, need = Phase.DUAL_WRITE, "snapshot complete", "streaming, no snapshot of it running"
+    if offsets is None:  # the connector exists, so the endpoint does not: Kafka Connect < 3.6
+        return Check(gate, name, False, "unknown: Connect has no offsets endpoint (< 3.6)", need)
     if not offsets:
         return Check(gate, name, False, "no source offset committed yet (snapshot not done)", need)
     offset = offsets[0].get("offset") or {}
@@ -602,7 +610,7 @@ def lag_check(settings: Settings, table: str) -> Check:
         from replicator.lag import consumer_lag
 
         lag = consumer_lag(settings, timeout_s=settings.phases.lag_timeout_s).get(table)
-    except ReplicatorError as exc:
+    except Exception as exc:  # cannot measure: the condition fails, the move is refused
         return Check(gate, "consumer lag", False, f"unknown: {exc}", need)
     if lag is None:
         return Check(gate, "consumer lag", False, "not measured (no lag for the table)", need)
@@ -624,7 +632,7 @@ def verify_check(settings: Settings, table: str) -> Check:
         from replicator.verify import last_full_verify
 
         last = last_full_verify(settings, table)
-    except ReplicatorError as exc:
+    except Exception as exc:  # cannot measure: the condition fails, the move is refused
         return Check(gate, "clean verify", False, f"unknown: {exc}", need)
     if last is None:
         return Check(gate, "clean verify", False, "no full verify recorded", need)

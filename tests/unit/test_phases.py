@@ -75,6 +75,8 @@ def _offsets(**offset: object) -> list[dict[str, object]]:
 def test_snapshot_complete_reads_debeziums_committed_offset() -> None:
     none = snapshot_check([], "dbo.payments")
     assert not none.ok and "no source offset" in none.value
+    old_connect = snapshot_check(None, "dbo.payments")  # no offsets endpoint: cannot know
+    assert not old_connect.ok and old_connect.value.startswith("unknown:")
     running = snapshot_check(
         _offsets(snapshot="INITIAL", last_snapshot_record=False, lsn=10), "dbo.payments"
     )
