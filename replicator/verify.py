@@ -556,8 +556,6 @@ def _window_bounds(mapping: TableMapping, window: Window) -> tuple[str, list[tup
             f"time window: {window.column!r} is not a timestamp or date column of "
             f"{mapping.name} (those are: {', '.join(kinds) or 'none'})"
         )
-    if window.since is not None and window.until is not None and window.since >= window.until:
-        raise ConfigError("time window: --since must be before --until")
     bounds = []
     for op, bound in ((">=", window.since), ("<", window.until)):
         if bound is None:
@@ -577,6 +575,8 @@ def _window_bounds(mapping: TableMapping, window: Window) -> tuple[str, list[tup
                 bound = bound.astimezone(dt.UTC).replace(tzinfo=None)
             value = format_timestamp((bound - _EPOCH) // dt.timedelta(microseconds=1))
         bounds.append((op, bound, value))
+    if len(bounds) == 2 and bounds[0][2] >= bounds[1][2]:  # fixed width: text order is time order
+        raise ConfigError("time window: --since must be before --until")
     return column.attribute, bounds
 
 
