@@ -461,6 +461,7 @@ class Point:
     at: float  # unix time
     lag: dict[str, float]  # table -> records behind (this consumer's partitions)
     events_per_s: dict[str, float]  # table -> consumed events per second since the last point
+    e2e: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # buckets so far
 
 
 class History:
@@ -500,7 +501,8 @@ class History:
             r = rates(self._last, scrape, table)
             speed[table] = r.events_per_s or 0.0
         self._last = scrape
-        point = Point(scrape.at, lag, speed)
+        e2e = {table: scrape.buckets(E2E, table=table) for table in lag}
+        point = Point(scrape.at, lag, speed, e2e)
         with self.lock:
             self.points.append(point)
         return point
@@ -546,7 +548,7 @@ def chart_svg(
         return top + h * (1 - min(v, peak) / peak)
 
     points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in series if now - t <= span_s)
-    minutes = span_s / 60
+    ago = f"-{span_s / 60:g} min" if span_s >= 120 else f"-{span_s:.0f} s"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'role="img" aria-label="{html.escape(title)}">',
@@ -556,7 +558,7 @@ def chart_svg(
         'class="grid"/>',
         f'<text x="{left - 4}" y="{top + 4}" class="ax" text-anchor="end">{_short(peak)}</text>',
         f'<text x="{left - 4}" y="{top + h}" class="ax" text-anchor="end">0</text>',
-        f'<text x="{left}" y="{height - 4}" class="ax">-{minutes:g} min</text>',
+        f'<text x="{left}" y="{height - 4}" class="ax">{ago}</text>',
         f'<text x="{left + w}" y="{height - 4}" class="ax" text-anchor="end">now</text>',
         f'<text x="{left + w}" y="14" class="ax" text-anchor="end">{html.escape(unit)}</text>',
     ]
@@ -617,6 +619,8 @@ def page_html(
     """The status page: refreshes itself (meta refresh, no script), draws from ``points``.
     Pure: everything it shows comes in as arguments."""
     when = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if points:  # the charts span what was collected (at least a minute, at most span_s)
+        span_s = min(span_s, max(60.0, now - points[0].at))
     out = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<meta http-equiv='refresh' content='{refresh_s}'>",
@@ -647,7 +651,9 @@ def page_html(
             f"</b> · slot <b>{'active' if active else 'inactive'}</b>, "
             f"<b>{human_bytes(slot)}</b> WAL retained</div>"
         )
-    out.append(f"<div class='muted'>updated {when}; charts: last {span_s / 60:g} minutes</div>")
+    out.append(
+        f"<div class='muted'>updated {when}; charts and latency: last {span_s / 60:.1f} min</div>"
+    )
     for table in tables:
         lag = [(p.at, p.lag.get(table, 0.0)) for p in points]
         speed = [(p.at, p.events_per_s.get(table, 0.0)) for p in points]
@@ -658,6 +664,9 @@ def page_html(
         ]
         if scrape is not None:
             buckets = scrape.buckets(E2E, table=table)
+            shown = [p for p in points if now - p.at <= span_s]
+            if shown and table in shown[0].e2e:  # the window's writes, not all time
+                buckets = delta_buckets(shown[0].e2e[table], buckets)
             p50, p99 = histogram_quantile(0.5, buckets), histogram_quantile(0.99, buckets)
             stats.append(
                 f"end-to-end p50 <b>{human_seconds(p50)}</b> p99 <b>{human_seconds(p99)}</b>"
