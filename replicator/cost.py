@@ -184,25 +184,27 @@ def render(report: CostReport) -> Any:
     def usd(v: float | None) -> str:
         return "-" if v is None else f"${v:,.2f}"
 
+    from replicator.status import human_bytes
+
     grid = Table(
         "table",
-        "write units/s",
-        "read units/s",
-        "writes /month",
-        "reads /month",
-        "storage",
-        "storage /month",
-        "total /month",
+        "WRU/s",
+        "RRU/s",
+        "writes/mo",
+        "reads/mo",
+        "stored",
+        "storage/mo",
+        "total/mo",
         title=f"DynamoDB on-demand estimate ({report.basis})",
     )
     for t in report.tables:
         grid.add_row(
             t.table,
             f"{t.write_units_per_s:.2f}",
-            "not measured" if t.read_units_per_s is None else f"{t.read_units_per_s:.2f}",
+            "-" if t.read_units_per_s is None else f"{t.read_units_per_s:.2f}",
             usd(t.write_usd_month),
             usd(t.read_usd_month),
-            "-" if t.storage_bytes is None else f"{t.storage_bytes / _GB:.3f} GB",
+            human_bytes(t.storage_bytes),
             usd(t.storage_usd_month),
             usd(t.total_usd_month),
         )
@@ -210,6 +212,11 @@ def render(report: CostReport) -> Any:
     parts: list[Any] = [
         grid,
         Text(f"total: {usd(report.total_usd_month)} per month (730 h)"),
+        Text(
+            "RRU/s '-': no process reported reads of the table (the read API exports "
+            f"{READ_UNITS}; pass its /metrics URL too)",
+            style="dim",
+        ),
         Text(
             f"prices: ${p['write_per_million']}/M write units, ${p['read_per_million']}/M read "
             f"units, ${p['storage_per_gb_month']}/GB-month (settings: cost.*)",

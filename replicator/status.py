@@ -424,10 +424,12 @@ def render(report: Report) -> Any:
         if t.lag_events is None:
             grid.add_row("consumer lag", "[red]unknown[/]")
         else:
-            grid.add_row(
-                "consumer lag",
-                f"{t.lag_events} events, oldest {human_seconds(t.lag_seconds)} old",
+            behind = (
+                f"{t.lag_events} events, oldest {human_seconds(t.lag_seconds)} old"
+                if t.lag_events
+                else "0 events (caught up)"
             )
+            grid.add_row("consumer lag", behind)
         if not report.consumer_reachable:
             grid.add_row("end-to-end", "[yellow]no consumer reachable[/]")
             grid.add_row("throughput", "[yellow]no consumer reachable[/]")
