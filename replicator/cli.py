@@ -306,7 +306,7 @@ def run_consumer(
 
     from replicator.health import Health, Server
     from replicator.metrics import Metrics, SourceMonitor
-    from replicator.status import History
+    from replicator.status_page import History
 
     metrics = Metrics(tables=[t.name for t in s.tables])
     health = Health(s.metrics.live_within_s)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from replicator.errors import ReplicatorError
-from replicator.status import READ_UNITS, WRITE_UNITS, Scrape, fetch
+from replicator.status_page import READ_UNITS, WRITE_UNITS, Scrape, fetch
 
 if TYPE_CHECKING:
     from replicator.config import CostSettings, Settings
@@ -184,7 +184,7 @@ def render(report: CostReport) -> Any:
     def usd(v: float | None) -> str:
         return "-" if v is None else f"${v:,.2f}"
 
-    from replicator.status import human_bytes
+    from replicator.status_page import human_bytes
 
     grid = Table(
         "table",

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from replicator.errors import ReplicatorError
 from replicator.metrics import Metrics
-from replicator.status import History, from_registry, page_html
+from replicator.status_page import History, from_registry, page_html
 
 _REASON_CHARS = 200
 
