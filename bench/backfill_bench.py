@@ -1,0 +1,277 @@
+"""Backfill (topic replay) rate and memory, and the live consumer's lag while a backfill runs.
+Outside CI. Against a DynamoDB endpoint of its own (a moto server it starts on --moto-port), so
+it does not load the shared one; the rows live in a source of their own (database, connector,
+topic), removed at the end.
+
+    ./dev setup && .venv/bin/replicator stack up
+    .venv/bin/python bench/backfill_bench.py --rows 1000000 --runs 3
+    .venv/bin/python bench/backfill_bench.py --rows 30000 --runs 0 --live
+
+Per run: `replicator backfill --table dbo.integrationlogs --into <fresh table> --restart` as a
+child process over the whole topic (the connector's initial snapshot of --rows rows); events/s
+is the run's own summary (events / wall time of the replay), peak RSS is the child's maxrss
+(getrusage of the waited child). Then, with --live, a live consumer (`replicator run`, group
+of its own, reading from the topic's end) writes into the same table as a backfill of the whole
+topic, while rows are inserted at --live-rate per second; the live group's lag is sampled every
+second (replicator.lag.consumer_lag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import psycopg
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from replicator.config import Settings, load_settings  # noqa: E402
+from tests.integration.second_source import SecondSource  # noqa: E402
+
+INSERT = (
+    "INSERT INTO dbo.integrationlogs (applicationid, logtype, servicename, requestdata, "
+    "responsedata, statuscode, issuccess, errormessage, processingtimems, logtimestamp, "
+    "correlationid, userid) "
+    "SELECT CASE WHEN g %% 3 = 0 THEN NULL ELSE g %% 500 END, 'Credit Check', "
+    "(ARRAY['CreditCheckService', 'PaymentGateway', 'EmailService'])[g %% 3 + 1], "
+    '\'{"request": \' || g || \', "who": "Zoë", "padding": "\' || repeat(\'x\', 100 + g %% 300) '
+    "|| '\"}', '{\"ok\": true}', CASE WHEN g %% 10 = 0 THEN '503' ELSE '200' END, g %% 10 <> 0, "
+    "CASE WHEN g %% 10 = 0 THEN 'upstream unavailable' END, g %% 4000, "
+    "timestamp '2024-01-01' + g * interval '1 second 1 microsecond', "
+    "CASE WHEN g %% 2 = 0 THEN 'corr-' || g END, 'user' || g %% 50 "
+    "FROM generate_series(%s::int, %s::int) g"
+)
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def start_moto(port: int) -> subprocess.Popen[bytes]:
+    moto = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if moto.poll() is not None:
+            raise SystemExit(f"moto exited at start: is port {port} taken? (--moto-port)")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return moto
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    moto.kill()
+    raise SystemExit(f"moto did not start on port {port}")
+
+
+def write_config(settings: Settings, source: SecondSource, port: int, path: Path) -> Path:
+    data = source.settings.model_dump(mode="json")
+    data["postgres"]["password"] = settings.postgres.password.get_secret_value()
+    data["postgres"]["replication_password"] = (
+        settings.postgres.replication_password.get_secret_value()
+    )
+    data["dynamodb"]["endpoint_url"] = f"http://127.0.0.1:{port}"
+    data["dynamodb"]["secret_access_key"] = "local"
+    data["metrics"]["enabled"] = False
+    data["log_level"] = "WARNING"
+    data["stack"]["home"] = str(settings.stack.home.resolve())
+    data["connector"]["template"] = str(ROOT / "connectors" / "postgres-source.json")
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def backfill(config: Path, *args: str) -> tuple[float, int, str]:
+    """Run one backfill child; (seconds, peak RSS in MB, its stdout)."""
+    command = [sys.executable, "-m", "replicator.cli", "--config", str(config), "backfill"]
+    started = time.monotonic()
+    child = subprocess.Popen(
+        [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    )
+    holder: dict[str, bytes] = {}
+    reader = threading.Thread(target=lambda: holder.update(out=child.stdout.read()))  # type: ignore[union-attr]
+    errors = threading.Thread(target=lambda: holder.update(err=child.stderr.read()))  # type: ignore[union-attr]
+    reader.start()
+    errors.start()
+    _pid, status, usage = os.wait4(child.pid, 0)
+    seconds = time.monotonic() - started
+    reader.join()
+    errors.join()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    out = holder.get("out", b"").decode()
+    if child.returncode != 0:
+        raise SystemExit(
+            f"backfill failed ({child.returncode}):\n{holder.get('err', b'').decode()[-3000:]}"
+        )
+    return seconds, usage.ru_maxrss // 1024, out
+
+
+def rate_of(out: str) -> tuple[int, float]:
+    match = re.search(r"(\d+) events, .* in ([\d.]+) s \(([\d,]+) events/s\)", out)
+    if match is None:
+        raise SystemExit(f"no summary in: {out}")
+    return int(match.group(1)), float(match.group(2))
+
+
+def drop_table(client: Any, name: str) -> None:
+    with contextlib.suppress(client.exceptions.ResourceNotFoundException):
+        client.delete_table(TableName=name)
+
+
+def live_run(config: Path, source: SecondSource, rate: float, client: Any) -> dict[str, Any]:
+    """A live consumer and a backfill into the same table, rows inserted meanwhile."""
+    from replicator.lag import consumer_lag
+
+    data = yaml.safe_load(config.read_text())
+    data["kafka"]["group_id"] = f"bench-live-{source.tag}"
+    data["kafka"]["extra"] = {"auto.offset.reset": "latest"}
+    live_config = config.with_name("live.yaml")
+    live_config.write_text(yaml.safe_dump(data))
+    live_settings = load_settings(live_config)
+    from replicator.tables import ensure_table
+
+    table = live_settings.tables[0].name  # IntegrationLogs: the live table
+    drop_table(client, table)
+    ensure_table(client, live_settings.tables[0])
+    live = subprocess.Popen(
+        [sys.executable, "-m", "replicator.cli", "--config", str(live_config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    stop = threading.Event()
+    inserted = [0]
+    samples: list[tuple[int, float]] = []
+    first_id = [0]
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        first_id[0] = conn.execute("SELECT max(logid) FROM dbo.integrationlogs").fetchone()[0]
+
+    def insert() -> None:
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            n = first_id[0] + 10_000_000
+            while not stop.is_set():
+                conn.execute(INSERT, [n, n])
+                n += 1
+                inserted[0] += 1
+                time.sleep(1 / rate)
+
+    def sample() -> None:
+        while not stop.is_set():
+            lag = consumer_lag(live_settings).get(table)
+            if lag is not None:
+                samples.append((lag.events, lag.seconds))
+            stop.wait(1.0)
+
+    try:
+        time.sleep(8)  # the live consumer joins (reads from the end)
+        threads = [threading.Thread(target=insert), threading.Thread(target=sample)]
+        for thread in threads:
+            thread.start()
+        time.sleep(5)
+        before = list(samples)
+        _seconds, rss, out = backfill(config, "--table", "dbo.integrationlogs", "--restart")
+        during = samples[len(before) :]
+        stop.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.set()
+        live.terminate()
+        live.wait(60)
+    events, wall = rate_of(out)
+    lags = [e for e, _ in during] or [0]
+    ages = [s for _, s in during] or [0.0]
+    return {
+        "events": events,
+        "seconds": wall,
+        "rate": events / wall,
+        "rss_mb": rss,
+        "inserted_live": inserted[0],
+        "live_lag_events_median": statistics.median(lags),
+        "live_lag_events_max": max(lags),
+        "live_lag_s_median": statistics.median(ages),
+        "live_lag_s_max": max(ages),
+        "summary": out.strip(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--moto-port", type=int, default=58177)
+    parser.add_argument("--live", action="store_true", help="also the live-lag run")
+    parser.add_argument("--live-rate", type=float, default=20.0, help="live inserts per second")
+    args = parser.parse_args()
+
+    settings = load_settings(None)
+    moto = start_moto(args.moto_port)
+    source = SecondSource(settings, "bench")
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=f"http://127.0.0.1:{args.moto_port}",
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    try:
+        source.create()
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            started = time.monotonic()
+            for low in range(1, args.rows + 1, 100_000):
+                conn.execute(INSERT, [low, min(args.rows, low + 99_999)])
+            say(f"{args.rows} rows inserted in {time.monotonic() - started:.0f}s")
+        started = time.monotonic()
+        source.start_connector()
+        topic = source.settings.topic_of(source.settings.tables[0])
+        while source.topic_records(topic) < args.rows:
+            time.sleep(1)
+        say(f"initial snapshot on the topic in {time.monotonic() - started:.0f}s")
+        config = write_config(
+            settings, source, args.moto_port, Path(tempfile.mkdtemp()) / "bench.yaml"
+        )
+        results = []
+        for run in range(args.runs):
+            target = f"IntegrationLogs_bench{run}"
+            seconds, rss, out = backfill(
+                config, "--table", "dbo.integrationlogs", "--into", target, "--restart"
+            )
+            events, wall = rate_of(out)
+            results.append((events / wall, rss, wall, seconds))
+            say(
+                f"run {run + 1}: {events} events in {wall:.0f}s = {events / wall:.0f}/s, "
+                f"peak RSS {rss} MB (process {seconds:.0f}s)"
+            )
+            drop_table(client, target)
+        rates = [r[0] for r in results] or [0.0]
+        say(
+            f"median {statistics.median(rates):.0f} events/s over {len(rates)} run(s); "
+            f"peak RSS max {max([r[1] for r in results] or [0])} MB"
+        )
+        if args.live:
+            say("live-lag run: backfill into the live consumer's table, rows inserted meanwhile")
+            result = live_run(config, source, args.live_rate, client)
+            say(f"live run: {result}")
+    finally:
+        source.drop()
+        moto.terminate()
+        moto.wait(30)
+
+
+if __name__ == "__main__":
+    main()
