@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -26,12 +27,13 @@ from replicator.config import Settings
 from replicator.status import LAG_COLOUR, SPEED_COLOUR
 from replicator.workload import Workload
 from tests.integration.helpers import wait_for
-from tests.integration.test_metrics_health import free_port, get, samples
+from tests.integration.test_metrics_health import free_port, get, samples, start_at_the_end
 
 pytestmark = pytest.mark.stack
 
 ROOT = Path(__file__).resolve().parents[2]
 WAVES = 4
+BACKLOG = 60  # rows per table written before the consumer starts
 
 
 def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -75,20 +77,23 @@ def rgb(colour: str) -> tuple[int, int, int]:
 
 
 def pixels_near(image: Image.Image, colour: str, tolerance: int = 40) -> list[tuple[int, int]]:
-    want = rgb(colour)
+    r, g, b = rgb(colour)
+    data = image.convert("RGB").tobytes()
     width = image.width
     return [
-        (i % width, i // width)
-        for i, px in enumerate(image.getdata())
-        if all(abs(a - b) <= tolerance for a, b in zip(px[:3], want, strict=True))
+        ((i // 3) % width, (i // 3) // width)
+        for i in range(0, len(data), 3)
+        if abs(data[i] - r) <= tolerance
+        and abs(data[i + 1] - g) <= tolerance
+        and abs(data[i + 2] - b) <= tolerance
     ]
 
 
 @pytest.fixture(scope="module")
 def running(consumer_factory: Any, settings: Settings) -> Any:
-    """One consumer for the module: it starts at the topics' beginning in small batches (so
-    the lag chart sees a backlog drain), then replicates rows written in waves (so the
-    throughput chart rises and falls)."""
+    """One consumer for the module. Its group starts at the topics' end; rows written before it
+    starts form a backlog it drains in small batches (the lag chart falls), then rows written
+    in waves come and go (the throughput chart rises and falls)."""
     port = free_port()
 
     def change(data: dict[str, Any]) -> None:
@@ -96,25 +101,38 @@ def running(consumer_factory: Any, settings: Settings) -> Any:
         data["metrics"]["lag_interval_s"] = 0.5
         data["metrics"]["history_interval_s"] = 0.5
         data["metrics"]["source_interval_s"] = 1.0
-        data["kafka"]["batch_size"] = 40
+        data["kafka"]["batch_size"] = 20
 
     consumer, own = consumer_factory("_status", change)
-    consumer.start()
-    wait_for(lambda: get(port, "/readyz")[0] == 200, 90, 0.2, "/readyz 200")
+    start_at_the_end(own)
     with psycopg.connect(settings.postgres.dsn(), autocommit=True) as conn:
         workload = Workload(conn, seed=31)
         workload.ensure_loans(3)
+        for _ in range(BACKLOG):
+            workload.insert_log()
+            workload.insert_payment()
+        consumer.start()
+        wait_for(lambda: get(port, "/readyz")[0] == 200, 90, 0.2, "/readyz 200")
         for wave in range(WAVES):
             for _ in range(8 * (wave % 2 + 1)):
                 workload.insert_log()
                 workload.insert_payment()
             time.sleep(1.5)
+    ours = BACKLOG + sum(8 * (wave % 2 + 1) for wave in range(WAVES))
 
-    def lag_total() -> float:
-        return sum(samples(port, "replicator_consumer_lag").values())
+    def applied() -> dict[str, float]:
+        return {
+            dict(k)["table"]: v for k, v in samples(port, "replicator_events_applied_total").items()
+        }
 
-    wait_for(lambda: lag_total() == 0, 90, 0.5, "consumer lag at 0")
-    time.sleep(1.5)  # a flat tail on the charts
+    # Others write to the same tables meanwhile: at least our rows.
+    wait_for(
+        lambda: all(applied().get(m.name, 0) >= ours for m in own.tables),
+        120,
+        0.5,
+        "our rows applied",
+    )
+    time.sleep(1.5)  # a tail on the charts
     yield consumer, own, port
     consumer.stop()
 
@@ -187,7 +205,9 @@ def test_lag_and_status_screens_read_every_source(running: Any) -> None:
             "phase"
         ].endswith("-only")
         assert table["connector"] in {"RUNNING", "PAUSED", "FAILED", "UNASSIGNED", "RESTARTING"}
-        assert table["lag_events"] == 0  # its own group, caught up
+        # Its own group; others may be writing to the tables right now.
+        assert isinstance(table["lag_events"], int) and table["lag_events"] >= 0
+        assert isinstance(table["lag_seconds"], float)
         assert table["p50_s"] is not None and table["p99_s"] >= table["p50_s"] > 0
         assert table["events_per_s"] is not None
     assert report["slot"] is None or report["slot"]["retained_wal_bytes"] >= 0
@@ -209,7 +229,8 @@ def test_lag_and_status_screens_read_every_source(running: Any) -> None:
     assert done.returncode == 0, done.stderr
     for mapping in own.tables:
         assert mapping.name in done.stdout
-    assert "0 events (caught up)" in done.stdout and "p50" in done.stdout
+    assert re.search(r"consumer lag +\d+ events", done.stdout), done.stdout
+    assert "p50" in done.stdout and "events/s consumed" in done.stdout
 
 
 def test_lag_without_a_consumer_says_so(running: Any) -> None:
@@ -220,7 +241,7 @@ def test_lag_without_a_consumer_says_so(running: Any) -> None:
     report = json.loads(done.stdout)
     assert report["consumer_reachable"] is False
     assert any(e.startswith("no consumer reachable") for e in report["errors"])
-    assert all(t["lag_events"] == 0 for t in report["tables"])  # Kafka still answers
+    assert all(t["lag_events"] is not None for t in report["tables"])  # Kafka still answers
     text = cli(consumer.config, "lag", "--metrics-url", f"http://127.0.0.1:{closed}/m")
     assert "no consumer reachable" in text.stdout
 
