@@ -120,3 +120,33 @@ def test_check_where_and_signal_data() -> None:
     assert data["additional-conditions"] == [
         {"data-collection": "dbo.payments", "filter": f"({where})"}
     ]
+
+
+def test_live_yield_pauses_while_the_live_group_is_behind() -> None:
+    import threading
+
+    from replicator.backfill import LiveYield
+
+    s = Settings().model_copy(
+        update={
+            "backfill": Settings().backfill.model_copy(
+                update={"live_check_s": 0.01, "live_lag_events": 100, "live_lag_s": 5.0}
+            )
+        }
+    )
+    answers = [(5000, 1.0), (50, 9.0), (10, 0.5), (99999, 99.0)]
+    live = LiveYield(s, "Payments", threading.Event(), lag=lambda: answers.pop(0))
+    live()  # behind by events, then by age, then within both bounds: goes on
+    assert live.seen.samples == 3 and live.seen.paused_s > 0
+    assert live.seen.max_events == 5000 and live.seen.max_seconds == 9.0
+    assert answers == [(99999, 99.0)]
+
+    idle = LiveYield(s, "Payments", threading.Event(), lag=lambda: None)  # no live consumer
+    idle()
+    assert idle.seen.samples == 0 and idle.seen.paused_s == 0
+
+    stopping = threading.Event()
+    stopping.set()  # a stop request ends the wait at once
+    stuck = LiveYield(s, "Payments", stopping, lag=lambda: (10**6, 0.0))
+    stuck()
+    assert stuck.seen.samples == 1
