@@ -308,7 +308,7 @@ def run_consumer(
     from replicator.metrics import Metrics, SourceMonitor
     from replicator.status_page import History
 
-    metrics = Metrics(tables=[t.name for t in s.tables])
+    metrics = Metrics(tables=[t.name for t in s.tables], connector=s.metrics.connector_state)
     health = Health(s.metrics.live_within_s)
     server = None
     if s.metrics.enabled:  # first: a port in use fails before joining the group
@@ -324,7 +324,9 @@ def run_consumer(
             host=s.metrics.host,
             port=server.port,
         )
-    monitor = SourceMonitor(s, metrics).start()  # slot and connector state, off the loop
+    monitor = SourceMonitor(s, metrics)  # slot and connector state, off the loop
+    if s.metrics.enabled:
+        monitor.start()
     pipeline = build(s, metrics=metrics, health=health)
 
     def stop(_signum: int, _frame: Any) -> None:

@@ -135,6 +135,12 @@ class MetricsSettings(_Section):
         description="how often the consumer reads the replication slot (PostgreSQL) and the "
         "connector's state (Kafka Connect) into its metrics, off the hot loop; 0: never",
     )
+    connector_state: bool = Field(
+        True,
+        description="export the connector's state read from Kafka Connect's REST API "
+        "(connector.url); off where that API is closed to the consumers (Strimzi's network "
+        "policy, say): its alerts then stay silent, watch the KafkaConnector's status instead",
+    )
     history_interval_s: float = Field(
         2.0, gt=0, description="the status page's charts take a sample this often"
     )

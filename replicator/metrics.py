@@ -48,10 +48,15 @@ log = structlog.get_logger("replicator.metrics")
 
 class Metrics:
     def __init__(
-        self, registry: CollectorRegistry | None = None, tables: Iterable[str] = ()
+        self,
+        registry: CollectorRegistry | None = None,
+        tables: Iterable[str] = (),
+        connector: bool = True,
     ) -> None:
         """``tables``: the mapped tables, whose series start at 0 (a series that appears only
-        with its first event hides the first increase from rate() and from alerts)."""
+        with its first event hides the first increase from rate() and from alerts).
+        ``connector``: whether the connector's state is read at all; if not, its series never
+        appear (rather than a state nobody measured)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
 
@@ -177,7 +182,7 @@ class Metrics:
                 self.end_to_end_seconds,
             ):
                 metric.labels(table)
-        for state in CONNECT_STATES:
+        for state in CONNECT_STATES if connector else ():
             self.connector_state.labels(state).set(0)
             self.connector_tasks.labels(state).set(0)
         self._lag_labels: set[tuple[str, str]] = set()
@@ -303,13 +308,13 @@ class SourceMonitor:
             def read_slot() -> SlotLag | None:
                 return slot_lag(settings)
 
-        if read_connector is None:
+        if read_connector is None and settings.metrics.connector_state:
             from replicator.connector import ConnectClient
 
             client = ConnectClient(settings)
             read_connector = client.status
         self.read_slot = read_slot
-        self.read_connector = read_connector
+        self.read_connector = read_connector  # None: not read (metrics.connector_state off)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="source-monitor", daemon=True)
 
@@ -329,6 +334,8 @@ class SourceMonitor:
         except ReplicatorError as exc:
             self.metrics.slot_probe_failures.inc()
             log.warning("replication slot not read", error=str(exc)[:300])
+        if self.read_connector is None:
+            return
         try:
             self.metrics.connector(self.read_connector())
         except ReplicatorError as exc:

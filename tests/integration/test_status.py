@@ -317,3 +317,17 @@ def test_cost_from_the_consumers_consumed_capacity(running: Any) -> None:
     assert report["total_usd_month"] == pytest.approx(
         sum(t["total_usd_month"] for t in report["tables"])
     )
+    # Over a measured window instead (others' writes may or may not fall in it).
+    done = cli(
+        consumer.config,
+        "cost",
+        "--json",
+        "--window",
+        "2",
+        "--metrics-url",
+        f"http://127.0.0.1:{port}/metrics",
+    )
+    assert done.returncode == 0, done.stderr
+    window = json.loads(done.stdout)
+    assert window["basis"] == "window of 2 s"
+    assert all(t["write_units_per_s"] >= 0 for t in window["tables"])

@@ -264,3 +264,17 @@ def test_cli_refuses_bad_options_with_a_message() -> None:
     done = runner.invoke(app, ["status", "--interval", "0"])
     assert done.exit_code == 1 and "--interval" in done.output
     assert "Traceback" not in done.output
+
+
+def test_connector_state_off_exports_no_connector_series() -> None:
+    from replicator.config import MetricsSettings, Settings
+
+    settings = Settings(metrics=MetricsSettings(connector_state=False))
+    metrics = Metrics(connector=False)
+    monitor = SourceMonitor(settings, metrics, read_slot=lambda: None)
+    assert monitor.read_connector is None
+    monitor.once()
+    s = from_registry(metrics)
+    assert "replicator_connector_state" not in s.names()  # silent alerts, not a false state
+    assert "replicator_connector_tasks" not in s.names()
+    assert s.total("replicator_slot_active") == 0
