@@ -591,6 +591,7 @@ _METRICS_URL = typer.Option(
 
 
 _GROUP = typer.Option("--group", help="Consumer group (default: kafka.group_id).")
+_TABLE = typer.Option("--table", help="Only this table (mapping name or source table).")
 
 
 def _lag_screen(
@@ -600,6 +601,7 @@ def _lag_screen(
     interval: float,
     probes: bool,
     group: str | None = None,
+    table: str | None = None,
 ) -> bool:
     """The lag/status screen once, or live until Ctrl-C; returns whether all is healthy."""
     from replicator.status import gather, render
@@ -609,11 +611,12 @@ def _lag_screen(
     if watch and as_json:
         raise ReplicatorError("--watch and --json do not go together")
     s = settings()
+    if table is not None:
+        s.mapping_named(table)  # an unknown name fails before anything is asked
     targets = urls or s.metrics.urls()
+    ask = {"group_id": group, "with_probes": probes, "only": table}
     if not watch:
-        report, _ = gather(
-            s, targets, window_s=min(interval, 2.0), group_id=group, with_probes=probes
-        )
+        report, _ = gather(s, targets, window_s=min(interval, 2.0), **ask)
         if as_json:
             out.print_json(json.dumps(report.as_json()))
         else:
@@ -623,13 +626,11 @@ def _lag_screen(
 
     from rich.live import Live
 
-    report, previous = gather(s, targets, window_s=0, group_id=group, with_probes=probes)
+    report, previous = gather(s, targets, window_s=0, **ask)
     with Live(render(report), console=out, refresh_per_second=4, screen=False) as live:
         while True:
             time.sleep(interval)
-            report, scrape = gather(
-                s, targets, previous=previous, window_s=0, group_id=group, with_probes=probes
-            )
+            report, scrape = gather(s, targets, previous=previous, window_s=0, **ask)
             previous = scrape or previous
             live.update(render(report))
 
@@ -639,6 +640,7 @@ def _lag_screen(
 def lag_command(
     metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
     group: Annotated[str | None, _GROUP] = None,
+    table: Annotated[str | None, _TABLE] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document, for scripts.")
@@ -648,7 +650,7 @@ def lag_command(
     ] = 2.0,
 ) -> None:
     """Per table: phase, connector state, slot lag, consumer lag, end-to-end p50/p99, throughput."""
-    _lag_screen(metrics_url, watch, as_json, interval, probes=False, group=group)
+    _lag_screen(metrics_url, watch, as_json, interval, probes=False, group=group, table=table)
 
 
 @app.command("status")
@@ -656,6 +658,7 @@ def lag_command(
 def status_command(
     metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
     group: Annotated[str | None, _GROUP] = None,
+    table: Annotated[str | None, _TABLE] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document, for scripts.")
@@ -666,7 +669,9 @@ def status_command(
 ) -> None:
     """The lag screen plus each consumer's /healthz and /readyz; exit 1 unless the connector and
     its tasks run, the slot is active and every consumer is reachable and ready."""
-    if not _lag_screen(metrics_url, watch, as_json, interval, probes=True, group=group):
+    if not _lag_screen(
+        metrics_url, watch, as_json, interval, probes=True, group=group, table=table
+    ):
         raise typer.Exit(1)
 
 

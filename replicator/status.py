@@ -221,10 +221,12 @@ def gather(
     window_s: float = 2.0,
     group_id: str | None = None,
     with_probes: bool = False,
+    only: str | None = None,
 ) -> tuple[Report, Scrape | None]:
     """Everything the screen shows, each source asked on its own: one that does not answer
     leaves its fields empty and an error line, the others still show."""
     errors: list[str] = []
+    mappings = [settings.mapping_named(only)] if only else list(settings.tables)
     first, scrape_errors = fetch(urls)
     if first is not None and previous is None and window_s > 0:
         time.sleep(window_s)  # a rate needs two scrapes
@@ -240,7 +242,7 @@ def gather(
     slot = _slot(settings, errors)
     lags = _lags(settings, group_id, errors)
     tables = []
-    for mapping in settings.tables:
+    for mapping in mappings:
         lag = lags.get(mapping.name)
         r = rates(previous, scrape, mapping.name) if scrape is not None else None
         tables.append(

@@ -225,6 +225,10 @@ def test_lag_and_status_screens_read_every_source(running: Any) -> None:
     )
     assert done.returncode == (0 if healthy else 1), done.stderr
 
+    one = own.tables[-1]
+    done = cli(config, "lag", "--json", "--table", one.source, "--metrics-url", url)
+    assert [t["table"] for t in json.loads(done.stdout)["tables"]] == [one.name]
+
     done = cli(config, "lag", "--metrics-url", url)
     assert done.returncode == 0, done.stderr
     for mapping in own.tables:
