@@ -135,3 +135,19 @@ def test_alert_rules_fire_when_they_should_and_only_then() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
+
+
+def test_prometheus_config_loads_the_rules_as_compose_mounts_them(tmp_path: Path) -> None:
+    """prometheus.yml with its rule_files glob pointed at the repository's rules/ (Compose
+    mounts that folder at /etc/prometheus/rules): promtool checks the config and every rule
+    file it finds there."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    config["rule_files"] = [str(RULES.parent / "*.yml")]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [promtool(), "check", "config", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rule_exprs())} rules found" in done.stdout + done.stderr
