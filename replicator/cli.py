@@ -599,6 +599,7 @@ def _lag_screen(
     watch: bool,
     as_json: bool,
     interval: float,
+    window: float,
     probes: bool,
     group: str | None = None,
     table: str | None = None,
@@ -608,6 +609,8 @@ def _lag_screen(
 
     if interval <= 0:
         raise ReplicatorError("--interval must be more than 0 seconds")
+    if window <= 0:
+        raise ReplicatorError("--window must be more than 0 seconds")
     if watch and as_json:
         raise ReplicatorError("--watch and --json do not go together")
     s = settings()
@@ -616,23 +619,40 @@ def _lag_screen(
     targets = urls or s.metrics.urls()
     ask = {"group_id": group, "with_probes": probes, "only": table}
     if not watch:
-        report, _ = gather(s, targets, window_s=min(interval, 2.0), **ask)
+        report, _ = gather(s, targets, window_s=window, **ask)
         if as_json:
             out.print_json(json.dumps(report.as_json()))
         else:
             out.print(render(report))
         return report.healthy()
     import time
+    from collections import deque
 
     from rich.live import Live
 
-    report, previous = gather(s, targets, window_s=0, **ask)
+    # Counters move once per batch: rates over the last `window` seconds of scrapes, not
+    # between two refreshes, or a slow batch reads as 0 events/s.
+    report, first = gather(s, targets, window_s=0, **ask)
+    scrapes = deque([first] if first else [])
     with Live(render(report), console=out, refresh_per_second=4, screen=False) as live:
         while True:
             time.sleep(interval)
+            while len(scrapes) > 1 and scrapes[1].at <= time.time() - window:
+                scrapes.popleft()
+            previous = scrapes[0] if scrapes else None
             report, scrape = gather(s, targets, previous=previous, window_s=0, **ask)
-            previous = scrape or previous
+            if scrape is not None:
+                scrapes.append(scrape)
             live.update(render(report))
+
+
+_JSON = typer.Option("--json", help="One JSON document, for scripts.")
+_WATCH = typer.Option("--watch", help="Refresh live until Ctrl-C.")
+_INTERVAL = typer.Option(help="--watch: seconds between refreshes.")
+_WINDOW = typer.Option(
+    help="Seconds of consumer metrics that throughput and latency are measured over "
+    "(the consumers count once per batch)."
+)
 
 
 @app.command("lag")
@@ -641,16 +661,13 @@ def lag_command(
     metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
     group: Annotated[str | None, _GROUP] = None,
     table: Annotated[str | None, _TABLE] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON document, for scripts.")
-    ] = False,
-    interval: Annotated[
-        float, typer.Option(help="Seconds between refreshes (and the rate window).")
-    ] = 2.0,
+    watch: Annotated[bool, _WATCH] = False,
+    as_json: Annotated[bool, _JSON] = False,
+    interval: Annotated[float, _INTERVAL] = 2.0,
+    window: Annotated[float, _WINDOW] = 5.0,
 ) -> None:
     """Per table: phase, connector state, slot lag, consumer lag, end-to-end p50/p99, throughput."""
-    _lag_screen(metrics_url, watch, as_json, interval, probes=False, group=group, table=table)
+    _lag_screen(metrics_url, watch, as_json, interval, window, False, group, table)
 
 
 @app.command("status")
@@ -659,19 +676,14 @@ def status_command(
     metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
     group: Annotated[str | None, _GROUP] = None,
     table: Annotated[str | None, _TABLE] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON document, for scripts.")
-    ] = False,
-    interval: Annotated[
-        float, typer.Option(help="Seconds between refreshes (and the rate window).")
-    ] = 2.0,
+    watch: Annotated[bool, _WATCH] = False,
+    as_json: Annotated[bool, _JSON] = False,
+    interval: Annotated[float, _INTERVAL] = 2.0,
+    window: Annotated[float, _WINDOW] = 5.0,
 ) -> None:
     """The lag screen plus each consumer's /healthz and /readyz; exit 1 unless the connector and
     its tasks run, the slot is active and every consumer is reachable and ready."""
-    if not _lag_screen(
-        metrics_url, watch, as_json, interval, probes=True, group=group, table=table
-    ):
+    if not _lag_screen(metrics_url, watch, as_json, interval, window, True, group, table):
         raise typer.Exit(1)
 
 

@@ -195,7 +195,7 @@ def test_lag_and_status_screens_read_every_source(running: Any) -> None:
     consumer, own, port = running
     config = consumer.config
     url = f"http://127.0.0.1:{port}/metrics"
-    done = cli(config, "lag", "--json", "--metrics-url", url)
+    done = cli(config, "lag", "--json", "--window", "2", "--metrics-url", url)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["consumer_reachable"] is True
@@ -212,7 +212,7 @@ def test_lag_and_status_screens_read_every_source(running: Any) -> None:
         assert table["events_per_s"] is not None
     assert report["slot"] is None or report["slot"]["retained_wal_bytes"] >= 0
 
-    done = cli(config, "status", "--json", "--metrics-url", url)
+    done = cli(config, "status", "--json", "--window", "1", "--metrics-url", url)
     status = json.loads(done.stdout)
     (probe,) = status["probes"].values()
     assert probe == {"live": True, "ready": True}
@@ -226,7 +226,9 @@ def test_lag_and_status_screens_read_every_source(running: Any) -> None:
     assert done.returncode == (0 if healthy else 1), done.stderr
 
     one = own.tables[-1]
-    done = cli(config, "lag", "--json", "--table", one.source, "--metrics-url", url)
+    done = cli(
+        config, "lag", "--json", "--window", "1", "--table", one.source, "--metrics-url", url
+    )
     assert [t["table"] for t in json.loads(done.stdout)["tables"]] == [one.name]
 
     done = cli(config, "lag", "--metrics-url", url)

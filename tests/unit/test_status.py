@@ -263,6 +263,8 @@ def test_cli_refuses_bad_options_with_a_message() -> None:
     assert done.exit_code == 1 and "do not go together" in done.output
     done = runner.invoke(app, ["status", "--interval", "0"])
     assert done.exit_code == 1 and "--interval" in done.output
+    done = runner.invoke(app, ["lag", "--window", "0"])
+    assert done.exit_code == 1 and "--window" in done.output
     done = runner.invoke(app, ["lag", "--table", "Nope"])
     assert done.exit_code == 1 and "no mapped table is named 'Nope'" in done.output
     assert "Traceback" not in done.output
