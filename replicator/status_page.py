@@ -386,11 +386,17 @@ def page_html(
             (s for s, v in scrape.by_label("replicator_connector_state", "state").items() if v),
             None,
         )
+        tasks = scrape.by_label("replicator_connector_tasks", "state")
+        counted = ", ".join(f"{n:.0f} {s}" for s, n in sorted(tasks.items()) if n) or "none"
         slot = scrape.total("replicator_slot_retained_wal_bytes")
         active = scrape.total("replicator_slot_active")
+        connector = (
+            f"connector <b id='connector'>{html.escape(state)}</b> (tasks: {counted}) · "
+            if state
+            else ""  # not read yet, or not read at all (metrics.connector_state off)
+        )
         out.append(
-            f"<div class='stats'>connector <b id='connector'>{html.escape(state or 'not read yet')}"
-            f"</b> · slot <b>{'active' if active else 'inactive'}</b>, "
+            f"<div class='stats'>{connector}slot <b>{'active' if active else 'inactive'}</b>, "
             f"<b>{human_bytes(slot)}</b> WAL retained</div>"
         )
     out.append(

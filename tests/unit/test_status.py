@@ -146,7 +146,7 @@ def test_status_page_shows_health_numbers_and_two_charts_per_table() -> None:
     assert page.count(f'stroke="{LAG_COLOUR}"') == 2
     assert page.count(f'stroke="{SPEED_COLOUR}"') == 2
     assert ">live<" in page and ">ready<" in page
-    assert "RUNNING" in page and "4.0 KiB" in page
+    assert "<b id='connector'>RUNNING</b> (tasks: 1 RUNNING)" in page and "4.0 KiB" in page
     assert "applied <b>3</b>" in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
 
