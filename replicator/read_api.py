@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from replicator.config import Settings
 from replicator.errors import ReplicatorError
 from replicator.mapping import TableMapping
 from replicator.reads import (
@@ -259,9 +260,8 @@ def _param_schema(param: Param) -> dict[str, Any]:
     return schema
 
 
-def openapi(path: ReadPath) -> dict[str, Any]:
+def openapi(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 description of this API (JSON Schema 2020-12 schemas)."""
-    settings = path.settings
     limits = settings.reads
 
     def error(text: str) -> dict[str, Any]:
@@ -461,7 +461,7 @@ class ReadApi:
         reads = path.settings.reads
         host = reads.host if host is None else host
         port = reads.port if port is None else port
-        spec = to_json(openapi(path))
+        spec = to_json(openapi(path.settings))
         handler = type("Handler", (_Handler,), {"path_": path, "spec": spec})
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)

@@ -307,9 +307,11 @@ class RowShape:
         if item.get(DELETED, {}).get("BOOL"):
             return None
         out: Row = {}
-        for name, value in item.items():
-            kind = self.kinds.get(name)
-            if kind is None:
+        # In the shape's order (keys, then columns), whatever order the store sent: the same
+        # row is the same JSON text from either store.
+        for name, kind in self.kinds.items():
+            value = item.get(name)
+            if value is None:
                 continue
             if "S" in value:
                 out[name] = value["S"]
@@ -704,18 +706,20 @@ class DynamoReads(_Reads):
             )
         return name, pk, sk
 
-    def _call(self, operation: str, **request: Any) -> dict[str, Any]:
+    @staticmethod
+    @contextlib.contextmanager
+    def _errors(operation: str, table: str) -> Iterator[None]:
+        """boto3's failures as StoreError (what hybrid-read falls back on)."""
         try:
-            return getattr(self.client, operation)(**request)  # type: ignore[no-any-return]
+            yield
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise StoreError(
                 DYNAMODB,
-                f"{operation} on {request.get('TableName')}: {error.get('Code')}: "
-                f"{error.get('Message')}",
+                f"{operation} on {table}: {error.get('Code')}: {error.get('Message')}",
             ) from exc
         except BotoCoreError as exc:
-            raise StoreError(DYNAMODB, f"{operation}: {exc}") from exc
+            raise StoreError(DYNAMODB, f"{operation} on {table}: {exc}") from exc
 
     def _items(
         self,
@@ -754,7 +758,8 @@ class DynamoReads(_Reads):
         if index:
             request["IndexName"] = index
         while True:
-            response = self._call("query", **request)
+            with self._errors("Query", table):
+                response = self.client.query(**request)
             yield from response.get("Items", [])
             start = response.get("LastEvaluatedKey")
             if not start:
@@ -851,7 +856,8 @@ class DynamoReads(_Reads):
                     table: {"Keys": keys[start : start + 100], "ConsistentRead": True}
                 }
                 for _ in range(10):
-                    response = self._call("batch_get_item", RequestItems=request)
+                    with self._errors("BatchGetItem", table):
+                        response = self.client.batch_get_item(RequestItems=request)
                     for item in response.get("Responses", {}).get(table, []):
                         found[(item["CustomerId"]["N"], item["PaymentDateId"]["S"])] = item
                     request = response.get("UnprocessedKeys") or {}
@@ -881,9 +887,11 @@ class DynamoReads(_Reads):
         # list the old key for a moment: take the live item that has this id.
         for entry in self._items(mapping.name, index, pk, {"N": str(key)}, None, None, None, 10):
             item_key = {a: entry[a] for a in mapping.key_attributes}
-            item = self._call(
-                "get_item", TableName=mapping.name, Key=item_key, ConsistentRead=True
-            ).get("Item")
+            with self._errors("GetItem", mapping.name):
+                found = self.client.get_item(
+                    TableName=mapping.name, Key=item_key, ConsistentRead=True
+                )
+            item = found.get("Item")
             if item and item.get(pk, {}).get("N") == str(key):
                 row = shape.row(item)
                 if row is not None:

@@ -1,7 +1,8 @@
 """deploy/iam: least-privilege policies that grant exactly the DynamoDB operations the code makes,
 on exactly the mapped tables. The operations are read off the source (boto3 method calls,
 operation names sent on the wire, paginators and waiters, transaction actions), per command:
-`run` (replicator.pipeline and what it imports) and `tables create` (replicator.tables)."""
+`run` (replicator.pipeline and what it imports), `tables create` (replicator.tables) and the
+read path (replicator.reads, replicator.read_api)."""
 
 from __future__ import annotations
 
@@ -141,9 +142,34 @@ def test_the_tables_policy_grants_exactly_what_tables_create_does() -> None:
     assert resources == _table_arns()
 
 
+def _index_arns() -> set[str]:
+    return {
+        f"arn:aws:dynamodb:REGION:ACCOUNT_ID:table/{t.name}/index/{i.name}"
+        for t in default_tables()
+        for i in t.indexes
+    }
+
+
+def test_the_reader_policy_grants_exactly_what_the_read_path_does() -> None:
+    # The read path's own modules (their imports would bring in the sink's writes through a
+    # shared constant): library and HTTP API.
+    used = _actions_in(PACKAGE / "reads.py") | _actions_in(PACKAGE / "read_api.py")
+    actions, resources = _granted(_policy("replicator-reader.json"))
+    assert actions == {f"dynamodb:{a}" for a in used}
+    assert used == {"GetItem", "Query", "BatchGetItem"}
+    assert resources == _table_arns() | _index_arns()
+    for statement in _policy("replicator-reader.json")["Statement"]:
+        if any("/index/" in r for r in statement["Resource"]):
+            assert statement["Action"] == ["dynamodb:Query"]  # an index only answers queries
+
+
 def test_every_dynamodb_operation_in_the_code_is_in_a_policy() -> None:
     granted = set()
-    for name in ("replicator-consumer.json", "replicator-tables-admin.json"):
+    for name in (
+        "replicator-consumer.json",
+        "replicator-tables-admin.json",
+        "replicator-reader.json",
+    ):
         granted |= {a.removeprefix("dynamodb:") for a in _granted(_policy(name))[0]}
     missing = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -165,8 +191,9 @@ def test_policies_are_valid_policy_documents_without_wildcards() -> None:
                 assert "*" not in value, f"{path.name}: {value}"
             for arn in statement["Resource"]:
                 # No index ARN: writes maintain indexes without permissions on them; only a
-                # Query or Scan of an index would need table/NAME/index/INDEX.
-                assert "/index/" not in arn
+                # Query or Scan of an index would need table/NAME/index/INDEX (the reader's).
+                if "/index/" in arn:
+                    assert path.name == "replicator-reader.json" and arn in _index_arns(), arn
 
 
 def test_the_scan_finds_what_it_should() -> None:

@@ -1,0 +1,394 @@
+"""The read path's pure parts: parameters, cursors, items as rows (the same row from either
+store), the order of non-unique index keys, JSON, routes and the OpenAPI description."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from replicator.config import ReadsSettings, Settings
+from replicator.mapping import to_item
+from replicator.read_api import ROUTES, ApiError, call_arguments, match, openapi, to_json
+from replicator.reads import (
+    PATTERNS,
+    Page,
+    Query,
+    QueryError,
+    RowShape,
+    _by_sort_key,
+    decode_cursor,
+    encode_cursor,
+    logs_mapping,
+    miss,
+    parse_date,
+    parse_int,
+    parse_text,
+    parse_timestamp,
+    payments_mapping,
+    same,
+)
+from replicator.rows import source_row
+
+SETTINGS = Settings()
+PAYMENTS = payments_mapping(SETTINGS)
+LOGS = logs_mapping(SETTINGS)
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given_text", "stored"),
+    [
+        ("2024-01-15", "2024-01-15T00:00:00.000000Z"),
+        ("2024-01-15T10:30:00Z", "2024-01-15T10:30:00.000000Z"),
+        ("2024-01-15T10:30:00.123456", "2024-01-15T10:30:00.123456Z"),
+        ("2024-01-15T10:30:00.5+02:00", "2024-01-15T08:30:00.500000Z"),
+        ("2024-01-01T01:00:00+03:00", "2023-12-31T22:00:00.000000Z"),
+        (" 2024-01-15 ", "2024-01-15T00:00:00.000000Z"),
+    ],
+)
+def test_time_parameters_become_the_stored_text(given_text: str, stored: str) -> None:
+    assert parse_timestamp("start", given_text) == stored
+
+
+@pytest.mark.parametrize("bad", ["", "yesterday", "2024-13-01", "2024-01-15T25:00", "15/01/2024"])
+def test_bad_time_parameters_are_refused(bad: str) -> None:
+    with pytest.raises(QueryError, match="start"):
+        parse_timestamp("start", bad)
+
+
+def test_dates() -> None:
+    assert parse_date("day", "2024-02-29") == "2024-02-29"
+    for bad in ("2024-02-30", "2024-2-3", "20240203", "2024-02-03T00:00", ""):
+        with pytest.raises(QueryError, match=r"day: .* is not a date"):
+            parse_date("day", bad)
+
+
+def test_integers_and_texts() -> None:
+    assert parse_int("id", "42") == 42 and parse_int("id", -7) == -7
+    for bad in ("4.2", "x", True, None, 2**31):
+        with pytest.raises(QueryError, match="id"):
+            parse_int("id", bad)
+    assert parse_int("id", 2**40, (0, 2**63 - 1)) == 2**40
+    assert parse_text("status", "Failed", 20, ("Failed", "Pending")) == "Failed"
+    with pytest.raises(QueryError, match="not one of Failed, Pending"):
+        parse_text("status", "failed", 20, ("Failed", "Pending"))
+    with pytest.raises(QueryError, match="non-empty"):
+        parse_text("service", "", 100)
+    with pytest.raises(QueryError, match="at most 5"):
+        parse_text("service", "x" * 6, 5)
+
+
+def test_query_upper_bound_is_the_tighter_of_range_and_cursor() -> None:
+    q = Query("payments_by_customer", 1, 10, lo="2024-01-01", hi="2024-02-01")
+    assert q.upper == "2024-02-01"
+    assert q.__class__(**{**q.__dict__, "after": "2024-01-10#0000000005"}).upper == (
+        "2024-01-10#0000000005"
+    )
+    assert Query("payments_by_loan", 1, 10).upper is None
+
+
+# --- cursors --------------------------------------------------------------------------------
+
+
+LOG_KEY = "2024-01-15T10:30:00.123456Z#0000000000000000042"
+PAY_KEY = "2024-01-15#0000000042"
+
+
+def test_cursor_round_trip_and_scope() -> None:
+    cursor = encode_cursor("logs_by_application", (5, None, None), LOG_KEY)
+    assert decode_cursor("logs_by_application", (5, None, None), cursor, logs=True) == LOG_KEY
+    assert "=" not in cursor and "/" not in cursor and "+" not in cursor  # URL-safe as is
+    # Only the listing that made it: another value, pattern or range is refused.
+    for pattern, params in (
+        ("logs_by_application", (6, None, None)),
+        ("logs_by_correlation", (5, None, None)),
+    ):
+        with pytest.raises(QueryError, match="cursor"):
+            decode_cursor(pattern, params, cursor, logs=True)
+    pay = encode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-02-01"), PAY_KEY)
+    params = ("Failed", "2024-01-01", "2024-02-01")
+    assert decode_cursor("payments_by_status", params, pay, logs=False) == PAY_KEY
+    with pytest.raises(QueryError, match="cursor"):
+        decode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-03-01"), pay, logs=False)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "not base64 !",
+        "eyJ4IjoxfQ",  # {"x":1}
+        encode_cursor("logs_by_application", (5, None, None), "2024-01-15T10:30:00Z#42"),
+        encode_cursor("logs_by_application", (5, None, None), "x' OR 1=1 --#0000000000000000042"),
+        encode_cursor("logs_by_application", (5, None, None), PAY_KEY),
+        "A" * 600,
+    ],
+)
+def test_malformed_or_forged_cursors_are_refused(bad: str) -> None:
+    with pytest.raises(QueryError, match="cursor"):
+        decode_cursor("logs_by_application", (5, None, None), bad, logs=True)
+
+
+# --- items as rows --------------------------------------------------------------------------
+
+
+def payment_item(amount: str = "12.50") -> dict[str, Any]:
+    return {
+        "PaymentDateId": {"S": "2024-01-15#0000000042"},  # out of order on purpose
+        "CustomerId": {"N": "7"},
+        "PaymentId": {"N": "42"},
+        "LoanId": {"N": "3"},
+        "PaymentNumber": {"N": "1"},
+        "PaymentDate": {"S": "2024-01-15"},
+        "PaymentAmount": {"N": amount},
+        "PrincipalAmount": {"N": "100.00"},
+        "InterestAmount": {"N": "0.00"},
+        "PaymentMethod": {"S": "ACH"},
+        "PaymentStatus": {"S": "Completed"},
+        "CreatedDate": {"S": "2024-01-15T10:30:00.000000Z"},
+        "_pos": {"S": "0000000000000001.1.0000000000000002"},
+        "_src_ms": {"N": "1700000000000"},
+        "ExpiresAt": {"N": "1800000000"},
+    }
+
+
+def test_a_row_has_keys_and_columns_only_with_python_values_in_a_fixed_order() -> None:
+    row = RowShape.of(PAYMENTS).row(payment_item())
+    assert row == {
+        "CustomerId": 7,
+        "PaymentDateId": "2024-01-15#0000000042",
+        "PaymentId": 42,
+        "LoanId": 3,
+        "PaymentNumber": 1,
+        "PaymentDate": "2024-01-15",
+        "PaymentAmount": Decimal("12.5"),
+        "PrincipalAmount": Decimal("100"),
+        "InterestAmount": Decimal("0"),
+        "PaymentMethod": "ACH",
+        "PaymentStatus": "Completed",
+        "CreatedDate": "2024-01-15T10:30:00.000000Z",
+    }
+    assert list(row) == [  # keys first, then the mapping's columns; TransactionId is NULL
+        "CustomerId", "PaymentDateId", "PaymentId", "LoanId", "PaymentNumber", "PaymentDate",
+        "PaymentAmount", "PrincipalAmount", "InterestAmount", "PaymentMethod", "PaymentStatus",
+        "CreatedDate",
+    ]  # fmt: skip
+    assert type(row["CustomerId"]) is int and type(row["PaymentAmount"]) is Decimal
+    assert str(row["PrincipalAmount"]) == "100" and str(row["InterestAmount"]) == "0"
+
+
+def test_a_delete_marker_is_no_row() -> None:
+    marker = {"CustomerId": {"N": "7"}, "PaymentDateId": {"S": "x"}, "_deleted": {"BOOL": True}}
+    assert RowShape.of(PAYMENTS).row(marker) is None
+
+
+def test_gzipped_text_reads_as_text_and_sparse_index_keys_are_left_out() -> None:
+    text = '{"blob": "' + "Zoë 東京 " * 10 + '"}'
+    item = {
+        "PK": {"S": "Svc-2024-01-15"},
+        "SK": {"S": "2024-01-15T10:30:00.000000Z#0000000000000000009"},
+        "LogId": {"N": "9"},
+        "IsSuccess": {"BOOL": False},
+        "RequestData": {"B": gzip.compress(text.encode(), mtime=0)},
+        "GSI3PK": {"S": "ERROR#2024-01-15"},
+        "GSI3SK": {"S": "2024-01-15T10:30:00.000000Z#0000000000000000009"},
+    }
+    row = RowShape.of(LOGS).row(item)
+    assert row == {
+        "PK": "Svc-2024-01-15",
+        "SK": "2024-01-15T10:30:00.000000Z#0000000000000000009",
+        "LogId": 9,
+        "RequestData": text,
+        "IsSuccess": False,
+    }
+
+
+SOURCE_PAYMENT = {
+    "paymentid": 42,
+    "loanid": 3,
+    "paymentnumber": 1,
+    "paymentdate": 19737,  # 2024-01-15 as Debezium sends it
+    "principalamount": "100.00",
+    "interestamount": "0.00",
+    "paymentmethod": "ACH",
+    "paymentstatus": "Completed",
+    "transactionid": None,
+    "createddate": 1705314600000000,
+    "customerid": 7,
+}
+
+
+def dynamodb_number(text: str) -> str:
+    """How DynamoDB hands a stored number back: its value without trailing zeros."""
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+@given(
+    cents=st.integers(min_value=-(10**10) + 1, max_value=10**10 - 1),
+)
+def test_both_stores_give_the_same_row_for_any_amount(cents: int) -> None:
+    amount = f"{Decimal(cents) / 100:.2f}"
+    item, _ = to_item(PAYMENTS, {**SOURCE_PAYMENT, "paymentamount": amount})
+    from_postgres = RowShape.of(PAYMENTS).row(item)  # PostgresReads builds rows this way
+    stored = {k: ({"N": dynamodb_number(v["N"])} if "N" in v else v) for k, v in item.items()}
+    from_dynamo = RowShape.of(PAYMENTS).row(dict(reversed(list(stored.items()))))
+    assert from_postgres is not None and from_dynamo is not None
+    assert to_json(from_postgres) == to_json(from_dynamo)
+    assert from_postgres["PaymentAmount"] == Decimal(amount)  # exact, never a float
+
+
+def test_source_rows_map_through_the_pipelines_mapping() -> None:
+    import datetime as dt
+
+    record = {
+        "logid": 9,
+        "applicationid": None,
+        "logtype": "Credit Check",
+        "servicename": "CreditCheckService",
+        "requestdata": "{}",
+        "responsedata": None,
+        "statuscode": "200",
+        "issuccess": True,
+        "errormessage": None,
+        "processingtimems": 12,
+        "logtimestamp": dt.datetime(2024, 1, 15, 10, 30, 0, 123456),
+        "correlationid": None,
+        "userid": None,
+    }
+    item, _ = to_item(LOGS, source_row(record))
+    row = RowShape.of(LOGS).row(item)
+    assert row is not None
+    assert row["PK"] == "CreditCheckService-2024-01-15"
+    assert row["SK"] == "2024-01-15T10:30:00.123456Z#0000000000000000009"
+    assert row["LogTimestamp"] == "2024-01-15T10:30:00.123456Z"
+    assert "ApplicationId" not in row and "CorrelationId" not in row  # NULL = absent
+    assert not [k for k in row if k.startswith("GSI")]
+
+
+# --- order of a non-unique index key --------------------------------------------------------
+
+
+def test_items_of_one_index_date_are_ordered_by_the_payment_key() -> None:
+    def item(date: str, pid: int) -> dict[str, Any]:
+        return {"PaymentDate": {"S": date}, "PaymentDateId": {"S": f"{date}#{pid:010d}"}}
+
+    # As an index may return them: dates descending, ids within a date in any order.
+    arrived = [item("2024-03-02", 5), item("2024-03-02", 9), item("2024-03-02", 7),
+               item("2024-03-01", 1), item("2024-03-01", 30), item("2024-02-28", 4)]  # fmt: skip
+    ordered = [
+        i["PaymentDateId"]["S"] for i in _by_sort_key(arrived, "PaymentDate", "PaymentDateId")
+    ]
+    assert ordered == sorted(ordered, reverse=True)
+    assert list(_by_sort_key([], "PaymentDate", "PaymentDateId")) == []
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def test_what_hybrid_read_calls_a_miss() -> None:
+    assert miss(None)
+    assert miss(Page([]))
+    assert not miss(Page([]), query_after="cursor")  # a later page may be empty
+    assert not miss(Page([{"a": 1}]))
+    assert not miss({"a": 1})
+
+
+def test_same_ignores_which_store_served() -> None:
+    assert same(Page([{"a": 1}], "n", "postgres"), Page([{"a": 1}], "n", "dynamodb"))
+    assert not same(Page([{"a": 1}], "n"), Page([{"a": 1}], None))
+    assert not same(Page([{"a": 1}, {"a": 2}]), Page([{"a": 2}, {"a": 1}]))
+    assert same(None, None) and not same(None, {"a": 1})
+
+
+# --- JSON, routes, OpenAPI ------------------------------------------------------------------
+
+
+def test_json_keeps_decimals_exact() -> None:
+    value = {
+        "amount": Decimal("99999999.99"),
+        "tiny": Decimal("0.000001"),
+        "n": 3,
+        "ok": False,
+        "none": None,
+        "text": 'Zoë "東京"\n',
+        "list": [Decimal("1"), "x"],
+    }
+    text = to_json(value)
+    assert b'"amount":99999999.99' in text and b'"tiny":0.000001' in text
+    assert json.loads(text, parse_float=Decimal) == value
+    with pytest.raises(ValueError, match="no JSON form"):
+        to_json({"x": Decimal("NaN")})
+    with pytest.raises(TypeError):
+        to_json({"x": 1.5})  # a float never gets here: refuse rather than round
+
+
+def test_routes_cover_every_pattern_and_match_encoded_values() -> None:
+    assert sorted(r.pattern for r in ROUTES) == sorted(PATTERNS)
+    route, value = match("/logs/by-service/Credit%20Check%2FEU") or (None, None)
+    assert route is not None and route.pattern == "logs_by_service"
+    assert value == "Credit Check/EU"
+    found = match("/payments/42")
+    assert found is not None and found[0].pattern == "payment_by_id" and found[1] == "42"
+    assert match("/payments/by-customer/7/extra") is None
+    assert match("/logs/by-application/") is None
+
+
+def test_call_arguments() -> None:
+    by_status = next(r for r in ROUTES if r.pattern == "payments_by_status")
+    args, kwargs = call_arguments(
+        by_status, "Failed", {"start": ["2024-01-01"], "end": ["2024-02-01"], "limit": ["5"]}, 50
+    )
+    assert args == ["Failed", "2024-01-01", "2024-02-01"]
+    assert kwargs == {"limit": "5", "after": None}
+    by_customer = next(r for r in ROUTES if r.pattern == "payments_by_customer")
+    assert call_arguments(by_customer, "7", {}, 50) == (
+        ["7", None, None],
+        {"limit": 50, "after": None},
+    )
+    for query, message in (
+        ({"start": ["2024-01-01"]}, "'end' is required"),
+        ({"start": ["a"], "end": ["b"], "sort": ["asc"]}, "unknown parameter 'sort'"),
+        ({"start": ["a", "b"], "end": ["c"]}, "more than once"),
+    ):
+        with pytest.raises(ApiError, match=message) as caught:
+            call_arguments(by_status, "Failed", query, 50)
+        assert caught.value.status == 400
+    single = next(r for r in ROUTES if r.pattern == "log_by_id")
+    with pytest.raises(ApiError, match="unknown parameter 'cursor'"):
+        call_arguments(single, "5", {"cursor": ["x"]}, 50)
+
+
+def test_openapi_lists_every_route_with_schemas_from_the_mappings() -> None:
+    spec = openapi(SETTINGS)
+    assert spec["openapi"] == "3.1.0"
+    assert set(spec["paths"]) == {r.path for r in ROUTES} | {"/phases"}
+    payment = spec["components"]["schemas"]["PaymentRow"]
+    assert payment["properties"]["PaymentAmount"]["type"] == "number"
+    assert payment["properties"]["CustomerId"]["type"] == "integer"
+    assert set(payment["required"]) == {"CustomerId", "PaymentDateId", "PaymentId"}
+    log = spec["components"]["schemas"]["LogRow"]
+    assert log["properties"]["IsSuccess"]["type"] == "boolean"
+    assert "GSI1PK" not in log["properties"] and "ExpiresAt" not in log["properties"]
+    for route in ROUTES:
+        operation = spec["paths"][route.path]["get"]
+        names = {p["name"] for p in operation["parameters"]}
+        assert {p.name for p in route.params} <= names
+        assert ("cursor" in names) is (not route.single)
+        assert {"200", "400", "503"} <= set(operation["responses"])
+
+
+def test_reads_settings_refuse_a_default_page_over_the_maximum() -> None:
+    with pytest.raises(ValidationError, match="default_page_size"):
+        ReadsSettings(default_page_size=600, max_page_size=500)
+    assert ReadsSettings().host == "127.0.0.1"  # localhost unless configured
