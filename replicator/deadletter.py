@@ -22,6 +22,10 @@ from replicator.errors import ReplicatorError
 # The part of kafka.extra that every client needs to reach the brokers (TLS, SASL); the rest
 # (session timeouts and the like) is the consumer's own.
 _CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.")
+# The connector sends change events up to 16 MiB (connectors/postgres-source.json); a parked
+# event carries them whole plus its headers, so the topic and producer allow a little more. A
+# parking that Kafka refused would hold the batch (and the partition) forever.
+MAX_PARKED_BYTES = 17 * 1024 * 1024
 
 
 def connection_settings(extra: dict[str, str]) -> dict[str, str]:
@@ -40,6 +44,7 @@ class DeadLetters:
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 5,
+                "message.max.bytes": MAX_PARKED_BYTES,
                 **(extra or {}),
             }
         )
@@ -91,7 +96,16 @@ def ensure_topic(
         if topic in admin.list_topics(timeout=10).topics:
             return
         futures = admin.create_topics(
-            [NewTopic(topic, partitions, config={"retention.ms": str(30 * 86_400_000)})]
+            [
+                NewTopic(
+                    topic,
+                    partitions,
+                    config={
+                        "retention.ms": str(30 * 86_400_000),
+                        "max.message.bytes": str(MAX_PARKED_BYTES),
+                    },
+                )
+            ]
         )
         futures[topic].result(timeout=30)
     except KafkaException as exc:

@@ -48,8 +48,9 @@ def test_bad_events_are_parked_with_reasons_and_good_ones_arrive(
     consumer, own = consumer_factory("_dlq", isolate)
     payments_topic, logs_topic = f"{prefix}.dbo.payments", f"{prefix}.dbo.integrationlogs"
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    big = {"max.message.bytes": str(16 * 1024 * 1024)}  # as the connector creates its topics
     for future in admin.create_topics(
-        [NewTopic(payments_topic, 1), NewTopic(logs_topic, 1)]
+        [NewTopic(payments_topic, 1, config=big), NewTopic(logs_topic, 1, config=big)]
     ).values():
         future.result(30)
 
@@ -60,10 +61,12 @@ def test_bad_events_are_parked_with_reasons_and_good_ones_arrive(
     loan = pg.execute(
         "INSERT INTO dbo.loans (applicationid) VALUES (%s) RETURNING loanid", [application]
     ).fetchone()[0]
+    # A loan no row has (ids come from a sequence; others' tests add loans meanwhile).
+    missing_loan = pg.execute("SELECT max(loanid) + 1000000 FROM dbo.loans").fetchone()[0]
     good1 = payment_row(paymentid=900001, loanid=loan, paymentamount="12.34")
     good2 = payment_row(paymentid=900002, loanid=loan, paymentamount="0.10")
     rng = random.Random(5)
-    incompressible = "".join(rng.choices(string.ascii_letters + string.punctuation, k=700_000))
+    incompressible = "".join(rng.choices(string.ascii_letters + string.punctuation, k=1_500_000))
     bad_payments = [
         ("decode", orjson.dumps({"paymentid": 900003}), b'{"before": null, "after": {"paym'),
         (
@@ -87,11 +90,12 @@ def test_bad_events_are_parked_with_reasons_and_good_ones_arrive(
         (
             "lookup-miss",
             orjson.dumps({"paymentid": 900007}),
-            create_record("dbo.payments", payment_row(paymentid=900007, loanid=987654321)).value,
+            create_record("dbo.payments", payment_row(paymentid=900007, loanid=missing_loan)).value,
         ),
     ]
+    # Over Kafka's 1 MB default: parking it needs the dead-letter topic to take it too.
     producer = Producer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, "message.max.bytes": 2_000_000}
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "message.max.bytes": 17_000_000}
     )
     good_record = create_record("dbo.payments", good1)
     producer.produce(payments_topic, key=good_record.key, value=good_record.value)
@@ -173,17 +177,16 @@ def test_bad_events_are_parked_with_reasons_and_good_ones_arrive(
     }
     miss = next(p for p in parked if p.reason == "lookup-miss")
     shown = runner.invoke(app, ["--config", config, "dlq", "show", miss.ref])
-    assert shown.exit_code == 0 and "no row for loanid=987654321" in shown.output
+    assert shown.exit_code == 0 and f"no row for loanid={missing_loan}" in shown.output
     missing = runner.invoke(app, ["--config", config, "dlq", "show", "0:99999"])
     assert missing.exit_code == 1 and "no dead letter at 0:99999" in missing.output
 
+    late_application = pg.execute(
+        "INSERT INTO dbo.applications (customerid) VALUES (777002) RETURNING applicationid"
+    ).fetchone()[0]
     pg.execute(
-        "INSERT INTO dbo.applications (applicationid, customerid) OVERRIDING SYSTEM VALUE "
-        "VALUES (987654321, 777002) ON CONFLICT DO NOTHING"
-    )
-    pg.execute(
-        "INSERT INTO dbo.loans (loanid, applicationid) OVERRIDING SYSTEM VALUE VALUES "
-        "(987654321, 987654321) ON CONFLICT DO NOTHING"
+        "INSERT INTO dbo.loans (loanid, applicationid) VALUES (%s, %s)",
+        [missing_loan, late_application],
     )
     replayed = runner.invoke(app, ["--config", config, "dlq", "replay", "--reason", "lookup-miss"])
     assert replayed.exit_code == 0, replayed.output
