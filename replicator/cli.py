@@ -1316,5 +1316,93 @@ def verify_command(
         raise typer.Exit(DIVERGENT_EXIT)
 
 
+@app.command("validate")
+@friendly
+def validate_command(
+    table: Annotated[
+        list[str] | None,
+        typer.Option("--table", "-t", help="Mapping name or source table (repeat); default all."),
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="Rows sampled per table (default verify.sample_rows).")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Least sample success rate, 0..1 (default verify.sample_threshold)."),
+    ] = None,
+    reads: Annotated[
+        int | None,
+        typer.Option(help="Rows whose access patterns are timed (default verify.latency_reads)."),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group whose lag the re-checks wait for.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this file.")
+    ] = None,
+) -> None:
+    """The seed's validation set: count match, sample success rate, read latency p50/p95 on both
+    stores, and a coordinated test row. Exit 0 when every check passes, 3 otherwise."""
+    from replicator.validate import validate
+
+    s = settings()
+    changes: dict[str, Any] = {}
+    if sample is not None:
+        changes["sample_rows"] = sample
+    if threshold is not None:
+        changes["sample_threshold"] = threshold
+    if reads is not None:
+        changes["latency_reads"] = reads
+    if changes:
+        from pydantic import ValidationError
+
+        try:
+            verify_settings = type(s.verify).model_validate(s.verify.model_dump() | changes)
+        except ValidationError as exc:
+            problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+            raise ReplicatorError(f"invalid option: {problems}") from None
+        s = s.model_copy(update={"verify": verify_settings})
+    mappings = [s.mapping_named(t) for t in table] if table else list(s.tables)
+    bars = _Bars()
+    with bars.progress:
+        results = validate(s, mappings, group, bars)
+    checks = Table("table", "check", "result", "measured", "needed", title="validate")
+    for result in results:
+        for check in result.checks:
+            verdict = "[green]PASS[/]" if check.passed else "[red]FAIL[/]"
+            checks.add_row(result.table, check.name, verdict, check.measured, check.needed)
+    out.print(checks)
+    latency = Table(
+        "table",
+        "access pattern",
+        "reads",
+        "PostgreSQL p50 / p95 ms",
+        "DynamoDB p50 / p95 ms",
+        "errors",
+        "differing pages",
+        title="read latency",
+    )
+    for result in results:
+        for x in result.latencies:
+            latency.add_row(
+                result.table,
+                x.pattern,
+                str(x.reads),
+                f"{x.postgres_ms[0]:.1f} / {x.postgres_ms[1]:.1f}",
+                f"{x.dynamodb_ms[0]:.1f} / {x.dynamodb_ms[1]:.1f}",
+                str(x.errors),
+                str(x.mismatches),
+            )
+    if latency.row_count:
+        out.print(latency)
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps([r.to_json() for r in results], indent=2))
+        except OSError as exc:
+            raise ReplicatorError(f"cannot write {json_path}: {exc.strerror}") from exc
+    if not all(r.passed for r in results):
+        raise typer.Exit(DIVERGENT_EXIT)
+
+
 if __name__ == "__main__":
     sys.exit(app())

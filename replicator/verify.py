@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -109,6 +109,7 @@ class VerifyReport:
     divergences: list[Divergence] = field(default_factory=list)  # the first REPORT_DETAIL
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run
 
     @property
     def divergent(self) -> int:
@@ -668,6 +669,7 @@ class Verifier:
         )
         self.folder = Path(self._folder.name)
         self._stop = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Verifier:
         return self
@@ -677,6 +679,8 @@ class Verifier:
 
     def close(self) -> None:
         self._stop.set()
+        if self._pool is not None:
+            self._pool.shutdown()
         self.lookups.close()
         if self._conn is not None:
             self._conn.close()
@@ -705,7 +709,9 @@ class Verifier:
             candidates = self._compare(options.window, report)
             rounds = max(1, self.options.recheck_rounds) if options.recheck else 1
             waits = [options.recheck] * rounds
+        began = time.monotonic()
         final = self._settle(candidates, waits, options.group_id, report)
+        report.timings["recheck"] = round(time.monotonic() - began, 3)
         for record in final:
             kind = record["kind"]
             if kind == "missing":
@@ -724,7 +730,9 @@ class Verifier:
             report.matched = max(0, report.source_rows - rows_reported)
         report.converged = max(0, report.rechecked - report.divergent)  # changes in flight
         if options.repair and report.divergent:
+            began = time.monotonic()
             self.repair(final, report)
+            report.timings["repair"] = round(time.monotonic() - began, 3)
         report.finished_at = dt.datetime.now(dt.UTC)
         report.seconds = round(time.monotonic() - started, 3)
         if options.json_path is not None:
@@ -750,10 +758,30 @@ class Verifier:
         self.progress.start("PostgreSQL rows", None if window else self._estimate_rows())
         self.progress.start("DynamoDB items", None if window else self._estimate_items())
         counts = {"rows": 0, "items": 0, "tombstones": 0}
+        began = time.monotonic()
+
+        def timed(name: str, work: Callable[..., None], *args: Any) -> None:
+            work(*args)
+            with actual.lock:  # the last segment to finish sets the scan's time
+                report.timings[name] = round(time.monotonic() - began, 3)
+
         with ThreadPoolExecutor(max_workers=segments + 1, thread_name_prefix="verify") as pool:
-            futures = [pool.submit(self._read_source, expected, candidates, bounds, counts)]
+            futures = [
+                pool.submit(
+                    timed, "read_postgres", self._read_source, expected, candidates, bounds, counts
+                )
+            ]
             futures += [
-                pool.submit(self._scan_segment, actual, segment, segments, bounds, counts)
+                pool.submit(
+                    timed,
+                    "scan_dynamodb",
+                    self._scan_segment,
+                    actual,
+                    segment,
+                    segments,
+                    bounds,
+                    counts,
+                )
                 for segment in range(segments)
             ]
             try:
@@ -771,6 +799,7 @@ class Verifier:
         report.source_rows = counts["rows"]
         report.replica_items = counts["items"]
         report.tombstones = counts["tombstones"]
+        began = time.monotonic()
         self.progress.start("compare buckets", count)
         for index in range(count):
             mine = {entry[0]: entry for entry in expected.read(index)}
@@ -786,6 +815,7 @@ class Verifier:
                 candidates.add({"kind": "missing", "key": row[2], "pk": row[3]})
             self.progress.advance("compare buckets", 1)
         candidates.close()
+        report.timings["compare"] = round(time.monotonic() - began, 3)
         return candidates
 
     def _read_source(
@@ -1027,28 +1057,51 @@ class Verifier:
         row we write is at least as new as every change already applied. Unmappable rows are
         left alone (the pipeline dead-letters them too).
         """
-        rows, extras = [], []
-        for record in divergences:
+        self.progress.start("repair", report.divergent)
+        rows: list[dict[str, Any]] = []
+        extras: list[Item] = []
+        for record in divergences:  # streamed from the spill file, a batch at a time
             if record["kind"] in ("missing", "differs"):
                 rows.append(record["source_key"])
             elif record["kind"] == "extra":
                 extras.append(key_from_shown(self.mapping, record["key"]))
             else:
                 report.repair_skipped += 1
-        self.progress.start("repair", len(rows) + len(extras))
-        for chunk in _chunks(rows, self.JUDGE_BATCH):
-            self._repair_rows(chunk, report)
-            self.progress.advance("repair", len(chunk))
-        for chunk in _chunks(extras, self.JUDGE_BATCH):
-            self._repair_extras(chunk, report)
-            self.progress.advance("repair", len(chunk))
+                self.progress.advance("repair", 1)
+            if len(rows) == self.JUDGE_BATCH:
+                self._write(self._repair_rows(rows, report), report)
+                rows = []
+            if len(extras) == self.JUDGE_BATCH:
+                self._write(self._repair_extras(extras, report), report)
+                extras = []
+        if rows:
+            self._write(self._repair_rows(rows, report), report)
+        if extras:
+            self._write(self._repair_extras(extras, report), report)
         if report.repaired:
             report.notes.append(
                 f"repaired {report.repaired} keys; run verify again to confirm a clean replica"
             )
 
-    def _repair_rows(self, pks: list[dict[str, Any]], report: VerifyReport) -> None:
+    def _write(self, writes: list[tuple[Item, Item | None]], report: VerifyReport) -> None:
+        """Guarded puts of a batch, concurrently (the keys are distinct)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=2 * self.options.scan_segments, thread_name_prefix="repair"
+            )
+        for written in self._pool.map(lambda w: self._guarded_put(*w), writes):
+            if written:
+                report.repaired += 1
+            else:
+                report.repair_skipped += 1  # a replicated change got there first
+        self.progress.advance("repair", len(writes))
+
+    def _repair_rows(
+        self, pks: list[dict[str, Any]], report: VerifyReport
+    ) -> list[tuple[Item, Item | None]]:
+        """The writes that repair these rows' items."""
         mapping = self.mapping
+        writes: list[tuple[Item, Item | None]] = []
         first = self._rows(pks)
         keys = {}
         for pk in pks:
@@ -1062,14 +1115,21 @@ class Verifier:
             exp = expect(mapping, pk, second.get(t))
             if exp.item is None or t not in keys or key_of(mapping, exp.item) != keys[t]:
                 report.repair_skipped += 1  # deleted, unmappable or moved meanwhile
+                self.progress.advance("repair", 1)
                 continue
             seen = observed.get(key_text(mapping, exp.item))
             if seen is not None and not is_marker(seen) and not differences(exp.item, seen):
+                self.progress.advance("repair", 1)
                 continue  # converged meanwhile
-            self._guarded_put(dict(exp.item), seen, report)
+            writes.append((dict(exp.item), seen))
+        return writes
 
-    def _repair_extras(self, keys: list[Item], report: VerifyReport) -> None:
+    def _repair_extras(
+        self, keys: list[Item], report: VerifyReport
+    ) -> list[tuple[Item, Item | None]]:
+        """The delete markers that remove these extra items."""
         mapping = self.mapping
+        writes: list[tuple[Item, Item | None]] = []
         observed = self._get_items(keys)
         pks = {}
         for item in observed.values():
@@ -1087,15 +1147,19 @@ class Verifier:
                 exp = expect(mapping, pk, rows.get(pk_tuple(mapping, pk)))
                 if exp.item is not None and key_text(mapping, exp.item) == text:
                     report.repair_skipped += 1  # its row maps here now: not extra any more
+                    self.progress.advance("repair", 1)
                     continue
             marker = {
                 **key_of(mapping, item),
                 DELETED: {"BOOL": True},
                 mapping.ttl_attribute: {"N": str(now_s + mapping.tombstone_days * 86_400)},
             }
-            self._guarded_put(marker, item, report)
+            writes.append((marker, item))
+        return writes
 
-    def _guarded_put(self, item: Item, seen: Item | None, report: VerifyReport) -> None:
+    def _guarded_put(self, item: Item, seen: Item | None) -> bool:
+        """Put ``item`` only if the stored item still has the ``_pos`` seen (or still none),
+        keeping that ``_pos``; False when the condition failed (a newer change is stored)."""
         request: dict[str, Any] = {
             "TableName": self.mapping.name,
             "ExpressionAttributeNames": {"#pos": POS},
@@ -1113,12 +1177,11 @@ class Verifier:
             self.dynamodb.put_item(Item=item, **request)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                report.repair_skipped += 1  # a replicated change got there first
-                return
+                return False
             raise ReplicatorError(f"repair write to {self.mapping.name} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise ReplicatorError(f"DynamoDB unreachable during repair: {exc}") from exc
-        report.repaired += 1
+        return True
 
     # -- the report file --
 
