@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -15,9 +16,11 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from replicator.errors import ReplicatorError
+
+log = structlog.get_logger("replicator.deadletter")
 
 # The part of kafka.extra that every client needs to reach the brokers (TLS, SASL); the rest
 # (session timeouts and the like) is the consumer's own.
@@ -94,6 +97,7 @@ def ensure_topic(
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
     try:
         if topic in admin.list_topics(timeout=10).topics:
+            _check_size_limit(admin, topic)
             return
         futures = admin.create_topics(
             [
@@ -112,6 +116,26 @@ def ensure_topic(
         if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return
         raise ReplicatorError(f"cannot create dead-letter topic {topic}: {exc}") from exc
+
+
+def _check_size_limit(admin: AdminClient, topic: str) -> None:
+    """A topic made before the limit was raised (or by hand) may refuse large events: say so at
+    start rather than stall on the first one."""
+    resource = ConfigResource("topic", topic)
+    try:
+        configs = admin.describe_configs([resource])[resource].result(timeout=10)
+    except KafkaException as exc:  # no DescribeConfigs permission: only the check is lost
+        log.info("dead-letter topic limits not readable", topic=topic, error=str(exc))
+        return
+    entry = configs.get("max.message.bytes")
+    if entry is not None and entry.value is not None and int(entry.value) < MAX_PARKED_BYTES:
+        log.warning(
+            "dead-letter topic takes smaller events than the connector sends; parking a larger "
+            "one would stall its partition until the topic's max.message.bytes is raised",
+            topic=topic,
+            max_message_bytes=int(entry.value),
+            wanted=MAX_PARKED_BYTES,
+        )
 
 
 # --- tooling: list, show, replay ------------------------------------------------------------
