@@ -89,7 +89,7 @@ def write_config(settings: Settings, source: SecondSource, port: int, path: Path
     data["dynamodb"]["endpoint_url"] = f"http://127.0.0.1:{port}"
     data["dynamodb"]["secret_access_key"] = "local"
     data["metrics"]["enabled"] = False
-    data["log_level"] = "WARNING"
+    data["log_level"] = "INFO"
     data["stack"]["home"] = str(settings.stack.home.resolve())
     data["connector"]["template"] = str(ROOT / "connectors" / "postgres-source.json")
     path.write_text(yaml.safe_dump(data))
@@ -103,13 +103,43 @@ def backfill(config: Path, *args: str) -> tuple[float, int, str]:
     child = subprocess.Popen(
         [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
     )
+    watch = threading.Event()
+
+    def sample_memory() -> None:  # a timeline, so a run stopped early still tells something
+        status = Path(f"/proc/{child.pid}/status")
+        while not watch.wait(15):
+            try:
+                fields = dict(
+                    line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+                )
+            except OSError:
+                return
+            say(
+                f"  backfill pid {child.pid}: RSS {fields['VmRSS'].strip()}, "
+                f"peak {fields['VmHWM'].strip()}"
+            )
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
     holder: dict[str, bytes] = {}
     reader = threading.Thread(target=lambda: holder.update(out=child.stdout.read()))  # type: ignore[union-attr]
-    errors = threading.Thread(target=lambda: holder.update(err=child.stderr.read()))  # type: ignore[union-attr]
+
+    def read_errors() -> None:  # echo the child's progress lines as they come
+        lines = []
+        for raw in child.stderr:  # type: ignore[union-attr]
+            lines.append(raw)
+            if b'"backfill progress"' in raw:
+                found = re.search(rb'"done": (\d+), "total": (\d+)', raw)
+                if found:
+                    say(f"  progress {int(found.group(1))}/{int(found.group(2))}")
+        holder["err"] = b"".join(lines)
+
+    errors = threading.Thread(target=read_errors)
     reader.start()
     errors.start()
     _pid, status, usage = os.wait4(child.pid, 0)
     seconds = time.monotonic() - started
+    watch.set()
     reader.join()
     errors.join()
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -133,8 +163,11 @@ def drop_table(client: Any, name: str) -> None:
         client.delete_table(TableName=name)
 
 
-def live_run(config: Path, source: SecondSource, rate: float, client: Any) -> dict[str, Any]:
-    """A live consumer and a backfill into the same table, rows inserted meanwhile."""
+def live_run(
+    config: Path, source: SecondSource, rate: float, burst: int, bound: int, client: Any
+) -> dict[str, Any]:
+    """A live consumer and a backfill into the same table, rows inserted meanwhile (and a burst
+    of ``burst`` rows in one statement 20 s in, to see the backfill yield)."""
     from replicator.lag import consumer_lag
 
     data = yaml.safe_load(config.read_text())
@@ -143,6 +176,11 @@ def live_run(config: Path, source: SecondSource, rate: float, client: Any) -> di
     live_config = config.with_name("live.yaml")
     live_config.write_text(yaml.safe_dump(data))
     live_settings = load_settings(live_config)
+    data = yaml.safe_load(config.read_text())
+    data["backfill"] = {"live_lag_events": bound, "live_check_s": 1.0}
+    data["kafka"]["group_id"] = live_settings.kafka.group_id  # the group it yields to
+    backfill_config = config.with_name("backfill-live.yaml")
+    backfill_config.write_text(yaml.safe_dump(data))
     from replicator.tables import ensure_table
 
     table = live_settings.tables[0].name  # IntegrationLogs: the live table
@@ -164,7 +202,14 @@ def live_run(config: Path, source: SecondSource, rate: float, client: Any) -> di
     def insert() -> None:
         with psycopg.connect(source.dsn, autocommit=True) as conn:
             n = first_id[0] + 10_000_000
+            burst_at = time.monotonic() + 25
             while not stop.is_set():
+                if burst and time.monotonic() > burst_at:
+                    conn.execute(INSERT, [n, n + burst - 1])
+                    say(f"  burst of {burst} live rows")
+                    n += burst
+                    inserted[0] += burst
+                    burst_at = float("inf")
                 conn.execute(INSERT, [n, n])
                 n += 1
                 inserted[0] += 1
@@ -175,6 +220,8 @@ def live_run(config: Path, source: SecondSource, rate: float, client: Any) -> di
             lag = consumer_lag(live_settings).get(table)
             if lag is not None:
                 samples.append((lag.events, lag.seconds))
+                if lag.events > bound:
+                    say(f"  live lag {lag.events} events, {lag.seconds:.1f} s")
             stop.wait(1.0)
 
     try:
@@ -184,7 +231,9 @@ def live_run(config: Path, source: SecondSource, rate: float, client: Any) -> di
             thread.start()
         time.sleep(5)
         before = list(samples)
-        _seconds, rss, out = backfill(config, "--table", "dbo.integrationlogs", "--restart")
+        _seconds, rss, out = backfill(
+            backfill_config, "--table", "dbo.integrationlogs", "--restart"
+        )
         during = samples[len(before) :]
         stop.set()
         for thread in threads:
@@ -206,6 +255,7 @@ def live_run(config: Path, source: SecondSource, rate: float, client: Any) -> di
         "live_lag_events_max": max(lags),
         "live_lag_s_median": statistics.median(ages),
         "live_lag_s_max": max(ages),
+        "seconds_live_lag_above_bound": sum(1 for e in lags if e > bound),
         "summary": out.strip(),
     }
 
@@ -217,6 +267,10 @@ def main() -> None:
     parser.add_argument("--moto-port", type=int, default=58177)
     parser.add_argument("--live", action="store_true", help="also the live-lag run")
     parser.add_argument("--live-rate", type=float, default=20.0, help="live inserts per second")
+    parser.add_argument("--live-burst", type=int, default=3000, help="rows inserted at once")
+    parser.add_argument(
+        "--live-bound", type=int, default=200, help="backfill.live_lag_events for the live run"
+    )
     args = parser.parse_args()
 
     settings = load_settings(None)
@@ -258,14 +312,17 @@ def main() -> None:
                 f"peak RSS {rss} MB (process {seconds:.0f}s)"
             )
             drop_table(client, target)
-        rates = [r[0] for r in results] or [0.0]
-        say(
-            f"median {statistics.median(rates):.0f} events/s over {len(rates)} run(s); "
-            f"peak RSS max {max([r[1] for r in results] or [0])} MB"
-        )
+        if results:
+            rates = [r[0] for r in results]
+            say(
+                f"median {statistics.median(rates):.0f} events/s over {len(rates)} run(s); "
+                f"peak RSS max {max(r[1] for r in results)} MB"
+            )
         if args.live:
             say("live-lag run: backfill into the live consumer's table, rows inserted meanwhile")
-            result = live_run(config, source, args.live_rate, client)
+            result = live_run(
+                config, source, args.live_rate, args.live_burst, args.live_bound, client
+            )
             say(f"live run: {result}")
     finally:
         source.drop()
