@@ -1026,6 +1026,7 @@ class ReadPath:
         shadow: bool | None = None,
         metrics: ReadMetrics | None = None,
     ) -> None:
+        self._own_phases = phases is None
         if phases is None:
             from replicator.phases import PhaseStore
 
@@ -1059,6 +1060,9 @@ class ReadPath:
         if time.monotonic() - self._fetched >= self.config.cache_s:
             with self._phase_lock:
                 if time.monotonic() - self._fetched >= self.config.cache_s:
+                    # Aged from when the look-up began: a change committed while it ran is
+                    # then seen within cache_s of its commit, however slow the look-up was.
+                    started = time.monotonic()
                     try:
                         self._known = {k: str(v) for k, v in self.phases.current().items()}
                     except ReplicatorError as exc:
@@ -1066,7 +1070,7 @@ class ReadPath:
                         # every phase, so it is the safe default when nothing is known yet.
                         self.metrics.phase_failures.inc()
                         log.warning("phase look-up failed", error=str(exc))
-                    self._fetched = time.monotonic()
+                    self._fetched = started
         return self._known.get(table, "postgres-only")
 
     def current_phases(self) -> dict[str, str]:
@@ -1201,6 +1205,8 @@ class ReadPath:
         self.flush()
         self.postgres.close()
         self.dynamo.close()
+        if self._own_phases and hasattr(self.phases, "close"):
+            self.phases.close()
 
     # -- the access patterns (see _Reads for parameters)
 
