@@ -324,10 +324,17 @@ def main() -> None:
                 config, source, args.live_rate, args.live_burst, args.live_bound, client
             )
             say(f"live run: {result}")
+    except BaseException as exc:
+        say(f"stopped: {type(exc).__name__}: {exc}")
+        raise
     finally:
         source.drop()
         moto.terminate()
-        moto.wait(30)
+        try:
+            moto.wait(30)
+        except subprocess.TimeoutExpired:
+            moto.kill()
+            moto.wait(30)
 
 
 if __name__ == "__main__":
