@@ -490,6 +490,8 @@ class _Handler(BaseHTTPRequestHandler):
     path_: ReadPath
     spec: bytes
     server_version = "replicator-read-api"
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections (every answer is sized)
+    timeout = 60  # an idle kept-alive connection gives its thread back after a minute
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -536,7 +538,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _refuse(self) -> None:
         body = _error("method_not_allowed", "this API is read-only: GET only")
-        self._send(405, body, None, extra={"Allow": "GET"})
+        # The request's body is not read: close rather than parse it as the next request.
+        self.close_connection = True
+        self._send(405, body, None, extra={"Allow": "GET", "Connection": "close"})
 
     do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
 
