@@ -200,6 +200,7 @@ class LiveYield:
         self.bound = settings.backfill
         self.lag = lag or self._live_lag
         self.seen = LiveLag()
+        self.paused = False  # for the progress display
         self._checked = float("-inf")
 
     def __call__(self) -> None:
@@ -217,6 +218,7 @@ class LiveYield:
                 break
             if paused_at is None:
                 paused_at = time.monotonic()
+                self.paused = True
                 log.info(
                     "backfill pauses: the live consumer is behind",
                     table=self.table,
@@ -225,6 +227,7 @@ class LiveYield:
                 )
             if self.stopping.wait(every):
                 break
+        self.paused = False
         if paused_at is not None:
             self.seen.paused_s += time.monotonic() - paused_at
             log.info("backfill resumes", table=self.table)

@@ -500,7 +500,6 @@ def backfill(
         MofNCompleteColumn,
         Progress,
         TextColumn,
-        TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
@@ -510,7 +509,8 @@ def backfill(
     if from_beginning and from_time is not None:
         raise ReplicatorError("--from-beginning and --from-time exclude each other")
     s = settings()
-    configure(s.log_level)
+    # On a terminal the progress bar says how it goes; log lines would tear it.
+    configure("WARNING" if err.is_terminal and s.log_level.upper() != "DEBUG" else s.log_level)
     jobs = plan_jobs(s, table, into)
     from_ms = parse_time(from_time) if from_time is not None else None
     runner = Backfill(
@@ -530,8 +530,7 @@ def backfill(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} events/s"),
-        TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]}"),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err,
@@ -539,9 +538,7 @@ def backfill(
     tasks = {}
     for r in runner.running:
         done, total = r.progress()
-        tasks[id(r)] = progress.add_task(
-            f"{r.job.mapping.name} -> {r.job.target.name}", total=total, completed=done, rate="-"
-        )
+        tasks[id(r)] = progress.add_task(r.job.target.name, total=total, completed=done, rate="-")
 
     def tick(running: list[Any]) -> None:
         for r in running:
@@ -549,7 +546,10 @@ def backfill(
             task = tasks[id(r)]
             progress.update(task, completed=done)
             speed = progress.tasks[task].speed
-            progress.update(task, rate=f"{speed:,.0f}" if speed else "-")
+            rate = f"{speed:,.0f} events/s" if speed else "-"
+            if r.live is not None and r.live.paused:
+                rate = "paused: live consumer behind"
+            progress.update(task, rate=rate)
 
     try:
         with progress:
@@ -1337,6 +1337,14 @@ def validate_command(
     group: Annotated[
         str | None, typer.Option(help="Consumer group whose lag the re-checks wait for.")
     ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only rows from here on --time-column (ISO, UTC).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Only rows before this (exclusive).")] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option(help="Column of the window; default the first timestamp column."),
+    ] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the results to this file.")
     ] = None,
@@ -1344,8 +1352,18 @@ def validate_command(
     """The seed's validation set: count match, sample success rate, read latency p50/p95 on both
     stores, and a coordinated test row. Exit 0 when every check passes, 3 otherwise."""
     from replicator.validate import validate
+    from replicator.verify import Window, default_time_column
 
     s = settings()
+    if time_column and not (since or until):
+        raise ReplicatorError("--time-column needs --since and/or --until")
+    first, last = _moment("--since", since), _moment("--until", until)
+
+    def window(mapping: Any) -> Any:
+        if first is None and last is None:
+            return None
+        return Window(time_column or default_time_column(mapping), first, last)
+
     changes: dict[str, Any] = {}
     if sample is not None:
         changes["sample_rows"] = sample
@@ -1365,7 +1383,7 @@ def validate_command(
     mappings = [s.mapping_named(t) for t in table] if table else list(s.tables)
     bars = _Bars()
     with bars.progress:
-        results = validate(s, mappings, group, bars)
+        results = validate(s, mappings, group, bars, window=window)
     checks = Table("table", "check", "result", "measured", "needed", title="validate")
     for result in results:
         for check in result.checks:
