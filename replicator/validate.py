@@ -39,7 +39,9 @@ from replicator.verify import (
     Progress,
     Verifier,
     VerifyOptions,
+    Window,
     _connect,
+    _window_bounds,
     differences,
     expect,
     is_marker,
@@ -76,6 +78,7 @@ class TableValidation:
     finished_at: dt.datetime | None = None
     checks: list[Check] = field(default_factory=list)
     latencies: list[Latency] = field(default_factory=list)
+    window: dict[str, str] | None = None
 
     @property
     def passed(self) -> bool:
@@ -87,6 +90,7 @@ class TableValidation:
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "passed": self.passed,
+            "window": self.window,
             "checks": [asdict(c) for c in self.checks],
             "latencies": [asdict(x) for x in self.latencies],
         }
@@ -95,12 +99,12 @@ class TableValidation:
 # --- the checks -----------------------------------------------------------------------------
 
 
-def count_check(verifier: Verifier, group_id: str | None) -> Check:
+def count_check(verifier: Verifier, group_id: str | None, window: Window | None) -> Check:
     """Counts by a full verify: two counts taken at different moments of a live system differ
     by the rows in flight, so every key that differs is re-checked after the replication lag,
     and the counts match when nothing is missing or extra then. The run is recorded as a full
     verify (what the hybrid-read gate reads)."""
-    report = verifier.run(VerifyOptions(group_id=group_id))
+    report = verifier.run(VerifyOptions(group_id=group_id, window=window))
     measured = f"{report.source_rows} rows, {report.replica_items} items"
     if report.missing or report.extra:
         measured += f"; {report.missing} missing, {report.extra} extra after the re-check"
@@ -114,8 +118,10 @@ def count_check(verifier: Verifier, group_id: str | None) -> Check:
     )
 
 
-def sample_check(verifier: Verifier, size: int, threshold: float, group_id: str | None) -> Check:
-    report = verifier.run(VerifyOptions(sample=size, group_id=group_id))
+def sample_check(
+    verifier: Verifier, size: int, threshold: float, group_id: str | None, window: Window | None
+) -> Check:
+    report = verifier.run(VerifyOptions(sample=size, group_id=group_id, window=window))
     rate = report.matched / report.source_rows if report.source_rows else 1.0
     measured = f"{report.matched}/{report.source_rows} ({rate:.1%})"
     if report.divergent:
@@ -166,13 +172,17 @@ def read_calls(
 
 
 def latency_check(
-    verifier: Verifier, reads_per_pattern: int, progress: Progress
+    verifier: Verifier, reads_per_pattern: int, progress: Progress, window: Window | None
 ) -> tuple[Check, list[Latency]]:
     from replicator.reads import DynamoReads, PostgresReads
 
     mapping = verifier.mapping
-    query = sql.SQL("SELECT * FROM {} ORDER BY random() LIMIT %s").format(verifier._source())
-    rows = source_rows(mapping, verifier._query(query, [reads_per_pattern]), verifier.lookups)
+    where, params = verifier._where(_window_bounds(mapping, window) if window else None)
+    query = sql.SQL("SELECT * FROM {} {} ORDER BY random() LIMIT %s").format(
+        verifier._source(), where
+    )
+    records = verifier._query(query, [*params, reads_per_pattern])
+    rows = source_rows(mapping, records, verifier.lookups)
     calls = read_calls(mapping, rows)
     stores = [PostgresReads(verifier.settings), DynamoReads(verifier.settings)]
     timings: dict[str, tuple[list[float], list[float], list[int]]] = {}
@@ -300,20 +310,31 @@ def validate(
     group_id: str | None = None,
     progress: Progress | None = None,
     record: bool = True,
+    window: Callable[[TableMapping], Window | None] = lambda _: None,
 ) -> list[TableValidation]:
+    """Every check on every table; ``window`` scopes the count, sample and latency rows of a
+    table to a time window (for validating recent data, or a test's own rows)."""
     options = settings.verify
     client = dynamodb_client(settings.dynamodb, max_pool=options.scan_segments + 4)
     results = []
     for mapping in mappings:
         result = TableValidation(mapping.name, dt.datetime.now(dt.UTC))
+        scope = window(mapping)
         with Verifier(settings, mapping, progress, client) as verifier:
             verifier._estimate_items()  # a missing table is one clear error, before anything
-            result.checks.append(count_check(verifier, group_id))
+            if scope is not None:
+                _window_bounds(mapping, scope)  # a bad window: one clear error, before anything
+            result.window = verifier.window_text(scope)
+            result.checks.append(count_check(verifier, group_id, scope))
             result.checks.append(
-                sample_check(verifier, options.sample_rows, options.sample_threshold, group_id)
+                sample_check(
+                    verifier, options.sample_rows, options.sample_threshold, group_id, scope
+                )
             )
             if mapping.source in (LOGS_SOURCE, PAYMENTS_SOURCE):
-                check, latencies = latency_check(verifier, options.latency_reads, verifier.progress)
+                check, latencies = latency_check(
+                    verifier, options.latency_reads, verifier.progress, scope
+                )
                 result.checks.append(check)
                 result.latencies = latencies
             result.checks.append(coordinated_check(verifier, options.coordinated_timeout_s))

@@ -694,12 +694,7 @@ class Verifier:
         )
         started = time.monotonic()
         report = VerifyReport(self.mapping.name, scope, dt.datetime.now(dt.UTC))
-        if options.window is not None:
-            report.window = {
-                "column": options.window.column,
-                "since": options.window.since.isoformat() if options.window.since else "",
-                "until": options.window.until.isoformat() if options.window.until else "",
-            }
+        report.window = self.window_text(options.window)
         if options.sample is not None:
             if options.sample <= 0:
                 raise ConfigError("--sample must be a positive number of rows")
@@ -740,6 +735,16 @@ class Verifier:
         if options.record:
             record_run(self.settings, report)
         return report
+
+    @staticmethod
+    def window_text(window: Window | None) -> dict[str, str] | None:
+        if window is None:
+            return None
+        return {
+            "column": window.column,
+            "since": window.since.isoformat() if window.since else "",
+            "until": window.until.isoformat() if window.until else "",
+        }
 
     # -- the first pass: both stores into buckets, then bucket by bucket --
 

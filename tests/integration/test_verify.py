@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +32,37 @@ from replicator.verify import (
     verify,
 )
 from replicator.workload import Workload
-from tests.integration.helpers import caught_up, get_item, visible, wait_for
+from tests.integration.helpers import consuming, from_now, get_item, visible, wait_for
 
 pytestmark = pytest.mark.stack
 
-# Our rows live in days nobody else writes, so a window isolates them from concurrent tests.
-WINDOW_DAY = "2033-03-03"
-SINCE, UNTIL = "2033-03-01", "2033-04-01"
+# Our rows live in days nobody else writes, so a window isolates them from concurrent tests;
+# new days each run, since the rows of earlier runs stay in PostgreSQL (and a new consumer
+# group, which starts at the topics' ends, never replicated them).
+BASE = dt.date(2100, 1, 1) + dt.timedelta(days=random.randrange(36_000))
+WINDOW_DAY, NEXT_DAY = BASE.isoformat(), (BASE + dt.timedelta(days=1)).isoformat()
+SINCE, UNTIL = WINDOW_DAY, (BASE + dt.timedelta(days=7)).isoformat()
 
 
 @pytest.fixture(scope="module")
-def live(consumer_factory: Any) -> Any:
-    consumer, own = consumer_factory("_verify")
+def live(consumer_factory: Any, pg: psycopg.Connection[Any]) -> Any:
+    # The group starts at the topics' ends (their history is long on a shared stack), and every
+    # run below is scoped by a time window to rows this module writes.
+    consumer, own = consumer_factory("_verify", from_now)
     consumer.start()
-    wait_for(
-        lambda: caught_up(
-            own.kafka.bootstrap_servers, own.kafka.group_id, [own.topic_of(m) for m in own.tables]
-        ),
-        600,
-        interval_s=1.0,
-        what="consumer caught up with the topics' history",
-    )
+    consuming(pg, own)
     yield consumer, own
     assert consumer.stop() == 0, f"consumer exited badly; see {consumer.log}"
+
+
+# On a busy shared stack the consumer can be minutes behind everyone's traffic.
+ARRIVAL_S = 300
 
 
 def arrived(dynamodb: Any, table: str, key: dict[str, Any]) -> dict[str, Any]:
     item: dict[str, Any] = wait_for(
         lambda: visible(get_item(dynamodb, table, key)) and get_item(dynamodb, table, key),
-        60,
+        ARRIVAL_S,
         what=f"{table} {key}",
     )
     return item
@@ -131,11 +135,11 @@ def test_planted_divergences_are_found_exactly_then_repaired(
         "UPDATE dbo.payments SET paymentdate = paymentdate + 1 WHERE paymentid = %s",
         [paymentids[3]],
     )
-    moved_ts = ts[3].replace("2033-03-03", "2033-03-04")
+    moved_ts = ts[3].replace(WINDOW_DAY, NEXT_DAY)
     arrived(dynamodb, logs, log_key("VerifyService", moved_ts, logids[3]))
-    arrived(dynamodb, pays, pay_key(customer, "2033-03-04", paymentids[3]))
-    wait_for(lambda: visible(get_item(dynamodb, logs, lkeys[3])) is None, 60, what="old log key")
-    wait_for(lambda: visible(get_item(dynamodb, pays, pkeys[3])) is None, 60, what="old key")
+    arrived(dynamodb, pays, pay_key(customer, NEXT_DAY, paymentids[3]))
+    wait_for(lambda: visible(get_item(dynamodb, logs, lkeys[3])) is None, ARRIVAL_S, what="old")
+    wait_for(lambda: visible(get_item(dynamodb, pays, pkeys[3])) is None, ARRIVAL_S, what="old")
 
     # Plant one divergence of each kind in each table.
     for table, items, keys, changed, scaled, rescaled in (
@@ -245,7 +249,7 @@ def test_planted_divergences_are_found_exactly_then_repaired(
             lambda k=key: (
                 (visible(get_item(dynamodb, pays, k)) or {}).get("PaymentStatus") == {"S": "Failed"}
             ),
-            60,
+            ARRIVAL_S,
             what="a replicated change after the repair",
         )
 
@@ -283,12 +287,21 @@ def test_repair_never_overwrites_a_newer_replicated_change(
         assert shown_key(logs_map, stored) == {k: v["S"] for k, v in key.items()}
     # The row's real delete is newer than both: it still replicates (and leaves no divergence).
     pg.execute("DELETE FROM dbo.integrationlogs WHERE logid = %s", [logid])
-    wait_for(lambda: visible(get_item(dynamodb, logs_map.name, key)) is None, 60, what="the delete")
+    wait_for(
+        lambda: visible(get_item(dynamodb, logs_map.name, key)) is None,
+        ARRIVAL_S,
+        what="the delete",
+    )
+
+
+LIVE_SINCE = dt.datetime.combine(BASE + dt.timedelta(days=30), dt.time())
+LIVE_UNTIL = LIVE_SINCE + dt.timedelta(days=60)
 
 
 class OwnRowsWorkload(Workload):
-    """The sample workload, but updates and deletes touch only the rows it inserted itself, so
-    that concurrent tests' rows are left alone."""
+    """The sample workload, but its rows are moved into days of their own (an UPDATE in the
+    same transaction: a key move, as live traffic has), and updates and deletes touch only the
+    rows it inserted, so that concurrent tests' rows are left alone and a window finds ours."""
 
     def __init__(self, conn: psycopg.Connection[Any], seed: int) -> None:
         super().__init__(conn, seed=seed)
@@ -301,12 +314,21 @@ class OwnRowsWorkload(Workload):
     def insert_log(self) -> None:
         super().insert_log()
         self.logs.append(self._last())
+        self.conn.execute(
+            "UPDATE dbo.integrationlogs SET logtimestamp = %s + (logtimestamp - "
+            "date_trunc('month', logtimestamp)) / 3 WHERE logid = %s",
+            [LIVE_SINCE, self.logs[-1]],
+        )
 
     def insert_payment(self) -> None:
         if not self.loans:
             self.ensure_loans()
         super().insert_payment()
         self.payments.append(self._last())
+        self.conn.execute(
+            "UPDATE dbo.payments SET paymentdate = %s::date + paymentid %% 10 WHERE paymentid = %s",
+            [LIVE_SINCE.date(), self.payments[-1]],
+        )
 
     def update_some(self) -> None:
         if self.logs and (not self.payments or self.rng.random() < 0.5):
@@ -367,7 +389,7 @@ def test_a_run_during_live_traffic_reports_zero_once_converged(
     try:
         time.sleep(3)  # traffic in flight before and during the whole run
         before = steps[0]
-        reports = [verify(own, mapping, VerifyOptions(record=False)) for mapping in own.tables]
+        reports = [verify(own, mapping, live_options(mapping)) for mapping in own.tables]
         during = steps[0] - before
     finally:
         stop.set()
@@ -378,5 +400,13 @@ def test_a_run_during_live_traffic_reports_zero_once_converged(
         assert report.clean, (report.summary(), report.divergences[:5])
         assert report.source_rows > 0 and report.matched > 0
     print("re-checked (converged):", [(r.rechecked, r.converged) for r in reports])
-    sample = verify(own, own.tables[1], VerifyOptions(sample=50, record=False))
-    assert sample.scope == "sample" and sample.source_rows == 50 and sample.clean
+    sample = verify(own, own.tables[1], replace(live_options(own.tables[1]), sample=10))
+    assert sample.scope == "sample" and sample.source_rows == 10 and sample.clean, sample
+
+
+def live_options(mapping: TableMapping) -> VerifyOptions:
+    if mapping.source == "dbo.integrationlogs":
+        window = Window("logtimestamp", LIVE_SINCE, LIVE_UNTIL)
+    else:
+        window = Window("paymentdate", LIVE_SINCE.date(), LIVE_UNTIL.date())
+    return VerifyOptions(window=window, record=False)
