@@ -163,10 +163,8 @@ def main() -> None:
     for mapping in settings.tables:
         ensure_table(client, mapping)
     for mapping in settings.tables:
-        first = run_child(path, mapping.name, repair=True)
-        if first["divergent"]:
-            run_child(path, mapping.name, repair=False)  # the replica is now full: time it
-        run_child(path, mapping.name, repair=False)
+        run_child(path, mapping.name, repair=True)  # fills the empty replica
+        run_child(path, mapping.name, repair=False)  # the replica is full: time a clean run
 
 
 if __name__ == "__main__":

@@ -693,6 +693,9 @@ class Verifier:
             "sample" if options.sample is not None else "window" if options.window else "full"
         )
         started = time.monotonic()
+        if options.window is not None:
+            _window_bounds(self.mapping, options.window)  # a bad window: refused before reading
+        self._estimate_items()  # a missing DynamoDB table: one clear error before anything
         report = VerifyReport(self.mapping.name, scope, dt.datetime.now(dt.UTC))
         report.window = self.window_text(options.window)
         if options.sample is not None:

@@ -235,3 +235,26 @@ def test_bad_windows_are_refused(window: Window, message: str) -> None:
 def test_default_time_columns() -> None:
     assert default_time_column(LOGS) == "logtimestamp"
     assert default_time_column(PAYMENTS) == "createddate"
+
+
+# --- the command line (errors found before any store is asked) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["verify", "-t", "Nope"], "no mapped table is named 'Nope'"),
+        (["verify", "-t", "Payments", "--since", "yesterday"], "not an ISO-8601 date"),
+        (["verify", "-t", "Payments", "--time-column", "paymentdate"], "needs --since"),
+        (["validate", "-t", "Payments", "--threshold", "2"], "sample_threshold"),
+        (["validate", "-t", "Payments", "--until", "31/12/2024"], "not an ISO-8601 date"),
+    ],
+)
+def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from replicator.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
