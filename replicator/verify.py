@@ -209,7 +209,7 @@ def record_run(settings: Settings, report: VerifyReport) -> int:
                     report.unmappable,
                     report.repaired,
                     report.clean,
-                    json.dumps(report.summary()),
+                    json.dumps(report.to_json()),  # with the first REPORT_DETAIL divergences
                 ),
             ).fetchone()
         except psycopg.Error as exc:
