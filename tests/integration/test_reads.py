@@ -27,6 +27,7 @@ from replicator.reads import (
 from tests.integration.helpers import wait_for
 from tests.integration.reads_data import (  # noqa: F401 (reads_world is a fixture)
     ReadsWorld,
+    closed_port,
     reads_world,
     with_dead_dynamodb,
 )
@@ -345,6 +346,28 @@ def test_hybrid_read_falls_back_while_dynamodb_is_down(
         _move(phases, w.logs_table, "postgres-only")
         _move(phases, w.payments_table, "postgres-only")
         phases.close()
+
+
+def test_without_the_phase_store_reads_go_to_postgresql_and_keep_the_last_phase(
+    reads_world: ReadsWorld,  # noqa: F811
+) -> None:
+    w = reads_world
+    dead_control = w.settings.control.model_copy(
+        update={"dsn": f"host=127.0.0.1 port={closed_port()} dbname=x user=x connect_timeout=2"}
+    )
+    unreachable = PhaseStore(w.settings.model_copy(update={"control": dead_control}))
+    path = ReadPath(w.settings, unreachable)
+    try:
+        # Nothing known yet: PostgreSQL, which has every write in every phase.
+        assert path.read("payment_by_id", w.payment_ids[0]).source == "postgres"
+        assert path.metrics.phase_failures._value.get() == 1
+        # Known, then the store goes away: the last known phase stays in use.
+        path._known = {w.payments_table: "dynamodb-only"}
+        path._fetched = -float("inf")
+        assert path.read("payment_by_id", w.payment_ids[0]).source == "dynamodb"
+        assert path.metrics.phase_failures._value.get() == 2
+    finally:
+        path.close()
 
 
 def test_phase_changes_under_concurrent_readers_and_shadow_mismatches(
