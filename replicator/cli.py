@@ -1139,6 +1139,8 @@ def read_one(
             else {"item": result, "source": source}
         )
         sys.stdout.write(to_json(body).decode() + "\n")
+        if single and not rows:
+            raise typer.Exit(1)
         return
     if single and not rows:
         err.print(f"no row with id {value} (read from {source})")

@@ -331,6 +331,12 @@ def openapi(settings: Settings) -> dict[str, Any]:
                     "content": {"application/json": {"schema": page}},
                 }
             }
+        responses["200"]["headers"] = {
+            "X-Read-Source": {
+                "description": "the store that answered",
+                "schema": {"enum": ["postgres", "dynamodb"]},
+            }
+        }
         responses |= {
             "400": error("a parameter is invalid"),
             "503": error("the store the table's phase reads from does not answer"),

@@ -386,6 +386,7 @@ def test_openapi_lists_every_route_with_schemas_from_the_mappings() -> None:
         assert {p.name for p in route.params} <= names
         assert ("cursor" in names) is (not route.single)
         assert {"200", "400", "503"} <= set(operation["responses"])
+        assert "X-Read-Source" in operation["responses"]["200"]["headers"]
 
 
 def test_reads_settings_refuse_a_default_page_over_the_maximum() -> None:
