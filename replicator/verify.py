@@ -604,10 +604,23 @@ class _Buckets:
         for f in self.files:
             f.close()
 
-    def read(self, index: int) -> Iterator[list[Any]]:
+    def read(self, index: int) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(key text, digest, the rest as JSON) per line, unparsed: a bucket in memory is then
+        three small bytes objects per key, not nested dicts."""
         with self.paths[index].open("rb") as f:
             for line in f:
-                yield orjson.loads(line)
+                text, fingerprint, rest = line.rstrip(b"\n").split(b"\t", 2)
+                yield text, fingerprint, rest
+
+
+def _bucket_line(text: str, fingerprint: str, key: Item, pk: dict[str, Any] | None) -> bytes:
+    # Tab-separated: JSON text never holds a raw tab (json.dumps escapes it), a digest is hex.
+    return b"%s\t%s\t%s\n" % (text.encode(), fingerprint.encode(), orjson.dumps([key, pk]))
+
+
+def _candidate(kind: str, rest: bytes) -> dict[str, Any]:
+    key, pk = orjson.loads(rest)
+    return {"kind": kind, "key": key, "pk": pk}
 
 
 class _Spill:
@@ -810,17 +823,17 @@ class Verifier:
         began = time.monotonic()
         self.progress.start("compare buckets", count)
         for index in range(count):
-            mine = {entry[0]: entry for entry in expected.read(index)}
-            for entry in actual.read(index):
-                row = mine.pop(entry[0], None)
+            mine = {text: (fingerprint, rest) for text, fingerprint, rest in expected.read(index)}
+            for text, fingerprint, rest in actual.read(index):
+                row = mine.pop(text, None)
                 if row is None:
-                    candidates.add({"kind": "extra", "key": entry[2], "pk": entry[3]})
-                elif row[1] != entry[1]:
-                    candidates.add({"kind": "differs", "key": row[2], "pk": row[3]})
+                    candidates.add(_candidate("extra", rest))
+                elif row[0] != fingerprint:
+                    candidates.add(_candidate("differs", row[1]))
                 else:
                     report.matched += 1
-            for row in mine.values():
-                candidates.add({"kind": "missing", "key": row[2], "pk": row[3]})
+            for _, rest in mine.values():
+                candidates.add(_candidate("missing", rest))
             self.progress.advance("compare buckets", 1)
         candidates.close()
         report.timings["compare"] = round(time.monotonic() - began, 3)
@@ -861,8 +874,10 @@ class Verifier:
                                 candidates.add({"kind": "unmappable", "key": None, "pk": pk})
                                 continue
                             text = key_text(mapping, exp.item)
-                            entry = [text, digest(exp.item), key_of(mapping, exp.item), pk]
-                            lines.append((text, orjson.dumps(entry) + b"\n"))
+                            line = _bucket_line(
+                                text, digest(exp.item), key_of(mapping, exp.item), pk
+                            )
+                            lines.append((text, line))
                         buckets.add(lines)
                         with buckets.lock:
                             counts["rows"] += len(records)
@@ -908,8 +923,10 @@ class Verifier:
                         markers += 1
                         continue
                     text = key_text(mapping, item)
-                    entry = [text, digest(item), key_of(mapping, item), pk_of_item(mapping, item)]
-                    lines.append((text, orjson.dumps(entry) + b"\n"))
+                    line = _bucket_line(
+                        text, digest(item), key_of(mapping, item), pk_of_item(mapping, item)
+                    )
+                    lines.append((text, line))
                 buckets.add(lines)
                 with buckets.lock:
                     counts["items"] += len(lines)
