@@ -89,18 +89,28 @@ def _loads(data: bytes, what: str) -> Any:
 
 def _position(source: dict[str, Any], initial_snapshot: bool) -> Position:
     lsn = source.get("lsn")
+    if lsn is None and str(source.get("snapshot", "")).lower() == "incremental":
+        # Debezium 3.6 (pgoutput) sends incremental-snapshot reads with "lsn": null and
+        # "sequence": [x, x], x being where the read's window closed: the read ranks there.
+        lsn = _sequence(source)[1]
     if not isinstance(lsn, int) or lsn < 0:
         raise DecodeError("source block has no LSN")
     if initial_snapshot:
         # The lowest rank: any streamed change of the row is newer than the snapshot's copy.
         return Position(last_commit=0, streamed=0, lsn=lsn)
-    last_commit = 0
-    sequence = source.get("sequence")
-    if sequence is not None:
-        try:
-            parsed = orjson.loads(sequence) if isinstance(sequence, str) else sequence
-            if parsed and parsed[0] is not None:
-                last_commit = int(parsed[0])
-        except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
-            raise DecodeError(f"source.sequence {sequence!r} is not [lastCommitLsn, lsn]") from exc
+    last_commit = _sequence(source)[0] or 0
     return Position(last_commit=last_commit, streamed=1, lsn=lsn)
+
+
+def _sequence(source: dict[str, Any]) -> tuple[int | None, int | None]:
+    """source.sequence, [lastCommitLsn, lsn] as text (either may be null)."""
+    sequence = source.get("sequence")
+    if sequence is None:
+        return None, None
+    try:
+        parsed = orjson.loads(sequence) if isinstance(sequence, str) else sequence
+        first = int(parsed[0]) if parsed and parsed[0] is not None else None
+        second = int(parsed[1]) if len(parsed) > 1 and parsed[1] is not None else None
+    except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
+        raise DecodeError(f"source.sequence {sequence!r} is not [lastCommitLsn, lsn]") from exc
+    return first, second

@@ -236,6 +236,24 @@ def test_incremental_snapshot_read_beats_an_older_streamed_change() -> None:
     assert older.position < read.position
 
 
+def test_incremental_snapshot_read_without_lsn_ranks_at_its_sequence() -> None:
+    # Debezium 3.6 with pgoutput sends incremental reads with "lsn": null and "sequence":
+    # [x, x] (seen on the local stack); they used to be dead-lettered as undecodable.
+    row = log_row()
+    value = envelope(
+        "r", LOGS, None, row, snapshot="incremental", sequence='["1147606008","1147606008"]'
+    )
+    value["source"]["lsn"] = None
+    read = event_of(record(LOGS, value, {"logid": row["logid"]}))
+    assert read.position == Position(last_commit=1147606008, streamed=1, lsn=1147606008)
+    earlier = event_of(update_record(LOGS, row, row, lsn=1147605000, last_commit=1147604000))
+    later = event_of(update_record(LOGS, row, row, lsn=1147606100, last_commit=1147606008))
+    assert earlier.position < read.position < later.position
+    value["source"]["snapshot"] = "false"  # a streamed change without an LSN stays an error
+    with pytest.raises(DecodeError, match="no LSN"):
+        decode(orjson.dumps({"logid": row["logid"]}), orjson.dumps(value), Origin("t", 0, 0))
+
+
 def test_streamed_event_without_sequence_still_orders_by_lsn() -> None:
     first = event_of(create_record(LOGS, log_row(), lsn=1000, sequence=None))
     second = event_of(update_record(LOGS, log_row(), log_row(), lsn=1100, sequence=None))
