@@ -53,7 +53,7 @@ import psycopg
 import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -691,6 +691,18 @@ class DynamoReads(_Reads):
                 )
         self.client = client or reads_client(settings)
         self._indexes = {**_LOG_INDEXES, **_PAYMENT_INDEXES}
+        # Told the read units DynamoDB reports for every request (table, units): `cost` prices
+        # them. ReadPath points it at its metrics.
+        self.on_capacity: Callable[[str, float], None] | None = None
+
+    def _account(self, response: dict[str, Any]) -> None:
+        consumed = response.get("ConsumedCapacity")
+        if consumed is None or self.on_capacity is None:
+            return
+        for entry in consumed if isinstance(consumed, list) else [consumed]:
+            units = entry.get("CapacityUnits")
+            if units:
+                self.on_capacity(entry.get("TableName", ""), float(units))
 
     def _index(self, pattern: str, mapping: TableMapping) -> tuple[str, str, str | None]:
         name, pk, sk = self._indexes[pattern]
@@ -754,12 +766,14 @@ class DynamoReads(_Reads):
             "ExpressionAttributeValues": values,
             "ScanIndexForward": False,
             "Limit": page,
+            "ReturnConsumedCapacity": "TOTAL",
         }
         if index:
             request["IndexName"] = index
         while True:
             with self._errors("Query", table):
                 response = self.client.query(**request)
+            self._account(response)
             yield from response.get("Items", [])
             start = response.get("LastEvaluatedKey")
             if not start:
@@ -857,7 +871,10 @@ class DynamoReads(_Reads):
                 }
                 for _ in range(10):
                     with self._errors("BatchGetItem", table):
-                        response = self.client.batch_get_item(RequestItems=request)
+                        response = self.client.batch_get_item(
+                            RequestItems=request, ReturnConsumedCapacity="TOTAL"
+                        )
+                    self._account(response)
                     for item in response.get("Responses", {}).get(table, []):
                         found[(item["CustomerId"]["N"], item["PaymentDateId"]["S"])] = item
                     request = response.get("UnprocessedKeys") or {}
@@ -889,8 +906,12 @@ class DynamoReads(_Reads):
             item_key = {a: entry[a] for a in mapping.key_attributes}
             with self._errors("GetItem", mapping.name):
                 found = self.client.get_item(
-                    TableName=mapping.name, Key=item_key, ConsistentRead=True
+                    TableName=mapping.name,
+                    Key=item_key,
+                    ConsistentRead=True,
+                    ReturnConsumedCapacity="TOTAL",
                 )
+            self._account(found)
             item = found.get("Item")
             if item and item.get(pk, {}).get("N") == str(key):
                 row = shape.row(item)
@@ -996,6 +1017,19 @@ class ReadMetrics:
             ["table"],
             registry=r,
         )
+        # For rates over the process's lifetime (`replicator cost` without --window).
+        self.start_time = Gauge(
+            "replicator_start_time_seconds",
+            "When this process started (Unix time).",
+            registry=r,
+        )
+        self.start_time.set(time.time())
+        self.read_units = Counter(
+            "replicator_dynamodb_consumed_read_units",
+            "Read capacity units DynamoDB reported consumed by the read path's requests.",
+            ["table"],
+            registry=r,
+        )
         self.phase_failures = Counter(
             "replicator_read_phase_refresh_failures",
             "Phase look-ups that failed (the last known phases stay in use).",
@@ -1038,6 +1072,7 @@ class ReadPath:
         self.dynamo = dynamo or DynamoReads(settings)
         self.shadow = self.config.shadow if shadow is None else shadow
         self.metrics = metrics or ReadMetrics()
+        self.dynamo.on_capacity = self._read_units
         self.tables = {
             **dict.fromkeys(LOG_PATTERNS, logs_mapping(settings).name),
             **dict.fromkeys(PAYMENT_PATTERNS, payments_mapping(settings).name),
@@ -1052,6 +1087,9 @@ class ReadPath:
         self._shadow_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow-read")
         self._shadow_slots = threading.BoundedSemaphore(64)
         self._shadow_futures: set[Future[None]] = set()
+
+    def _read_units(self, table: str, units: float) -> None:
+        self.metrics.read_units.labels(table).inc(units)
 
     # -- phases
 

@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from replicator import cost
 from replicator.phases import PhaseStore
 from replicator.read_api import ROUTES, ReadApi, to_json
 from replicator.reads import PostgresReads, ReadPath
@@ -101,7 +102,7 @@ def test_every_route_answers_what_the_read_path_reads(
     postgres: PostgresReads,
     reads_world: ReadsWorld,  # noqa: F811
 ) -> None:
-    client, _, phases = api
+    client, path, phases = api
     w = reads_world
     cases = samples(w)
     assert {method for _, method, _, _ in cases} == {r.pattern for r in ROUTES}
@@ -122,6 +123,14 @@ def test_every_route_answers_what_the_read_path_reads(
             assert response.headers["X-Read-Source"] == "dynamodb"
             assert response.content == to_json(body(response))  # canonical text
             assert body(response) == expected(postgres, method, args, kwargs), url
+        # DynamoDB's reported read units are exported for `replicator cost`, per table.
+        report = cost.measure(
+            w.settings, [f"{str(client.base_url).rstrip('/')}/metrics"], window_s=0
+        )
+        by_table = {t.table: t for t in report.tables}
+        for table in (w.logs_table, w.payments_table):
+            assert path.metrics.read_units.labels(table)._value.get() > 0, table
+            assert (by_table[table].read_units_per_s or 0) > 0, (table, report.errors)
     finally:
         for table in (w.logs_table, w.payments_table):
             phases.set(table, "postgres-only", who="test_read_api", why="api test done")
