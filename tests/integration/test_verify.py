@@ -389,19 +389,28 @@ def test_a_run_during_live_traffic_reports_zero_once_converged(
     try:
         time.sleep(3)  # traffic in flight before and during the whole run
         before = steps[0]
-        reports = [verify(own, mapping, live_options(mapping)) for mapping in own.tables]
+        reports = []
+        deadline = time.monotonic() + 120
+        # A quick verify can finish between two workload steps: verify again until at least
+        # five steps overlapped the runs; every run must be clean.
+        while steps[0] - before < 5 and writer.is_alive() and time.monotonic() < deadline:
+            reports += [verify(own, mapping, live_options(mapping)) for mapping in own.tables]
         during = steps[0] - before
     finally:
         stop.set()
         writer.join(30)
     assert not errors, errors
-    assert during >= 5, f"the workload ran only {during} steps during the run"
+    assert reports and during >= 5, f"the workload ran only {during} steps during the run"
     for report in reports:
         assert report.clean, (report.summary(), report.divergences[:5])
         assert report.source_rows > 0 and report.matched > 0
     print("re-checked (converged):", [(r.rechecked, r.converged) for r in reports])
+    # Traffic has stopped: the window holds a fixed number of payments (fewer than 10 on a
+    # quick run); the sample takes 10 of them, or all.
+    payments = verify(own, own.tables[1], live_options(own.tables[1]))
     sample = verify(own, own.tables[1], replace(live_options(own.tables[1]), sample=10))
-    assert sample.scope == "sample" and sample.source_rows == 10 and sample.clean, sample
+    assert sample.scope == "sample" and sample.clean, sample
+    assert sample.source_rows == min(10, payments.source_rows) > 0, (sample, payments)
 
 
 def live_options(mapping: TableMapping) -> VerifyOptions:
