@@ -21,7 +21,14 @@ class DynamoWriter(Protocol):
     def transact_write_items(self, **request: Any) -> Any: ...
 
 
-def dynamodb_client(settings: DynamoSettings, max_pool: int = 16) -> Any:
+def dynamodb_client(
+    settings: DynamoSettings,
+    max_pool: int = 16,
+    *,
+    max_attempts: int | None = None,
+    connect_timeout_s: float = 5,
+    read_timeout_s: float = 30,
+) -> Any:
     secret = settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
     return boto3.session.Session().client(
         "dynamodb",
@@ -31,10 +38,10 @@ def dynamodb_client(settings: DynamoSettings, max_pool: int = 16) -> Any:
         aws_secret_access_key=secret,
         # botocore's standard mode: jittered exponential backoff on throttling and 5xx.
         config=Config(
-            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            retries={"mode": "standard", "max_attempts": max_attempts or settings.max_attempts},
             max_pool_connections=max_pool,
-            connect_timeout=5,
-            read_timeout=30,
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
         ),
     )
 

@@ -47,11 +47,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import boto3
 import orjson
 import psycopg
 import structlog
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from psycopg import sql
@@ -59,6 +57,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from replicator.config import Settings
+from replicator.dynamo import dynamodb_client
 from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.mapping import Item, TableMapping, format_date, format_timestamp, render, to_item
 from replicator.rows import as_debezium, source_row
@@ -944,20 +943,13 @@ def _by_sort_key(
 def reads_client(settings: Settings) -> Any:
     """A boto3 client for reads: few attempts and short timeouts, so that hybrid-read falls
     back within seconds when DynamoDB does not answer."""
-    d, reads = settings.dynamodb, settings.reads
-    secret = d.secret_access_key.get_secret_value() if d.secret_access_key else None
-    return boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=d.endpoint_url,
-        region_name=d.region,
-        aws_access_key_id=d.access_key_id,
-        aws_secret_access_key=secret,
-        config=Config(
-            retries={"mode": "standard", "max_attempts": reads.dynamodb_attempts},
-            max_pool_connections=max(16, reads.postgres_pool_size),
-            connect_timeout=reads.dynamodb_timeout_s,
-            read_timeout=reads.dynamodb_timeout_s,
-        ),
+    reads = settings.reads
+    return dynamodb_client(
+        settings.dynamodb,
+        max(16, reads.postgres_pool_size),
+        max_attempts=reads.dynamodb_attempts,
+        connect_timeout_s=reads.dynamodb_timeout_s,
+        read_timeout_s=reads.dynamodb_timeout_s,
     )
 
 
