@@ -1182,6 +1182,29 @@ class _Bars:
         self.progress.advance(self.tasks[task], amount)
 
 
+_TABLES = typer.Option("--table", "-t", help="Mapping name or source table (repeat); default all.")
+_SINCE = typer.Option(help="Window start on --time-column (ISO date/time, UTC); inclusive.")
+_UNTIL = typer.Option(help="Window end on --time-column (ISO date/time, UTC); exclusive.")
+_TIME_COLUMN = typer.Option(help="Column of the window; default the first timestamp column.")
+
+
+def _windows(since: str | None, until: str | None, time_column: str | None) -> Any:
+    """The --since/--until/--time-column options as a function of the mapping (a window per
+    table, on its own first timestamp column unless --time-column names one)."""
+    from replicator.verify import Window, default_time_column
+
+    if time_column and not (since or until):
+        raise ReplicatorError("--time-column needs --since and/or --until")
+    first, last = _moment("--since", since), _moment("--until", until)
+
+    def window(mapping: Any) -> Any:
+        if first is None and last is None:
+            return None
+        return Window(time_column or default_time_column(mapping), first, last)
+
+    return window
+
+
 def _moment(option: str, text: str | None) -> Any:
     import datetime as dt
 
@@ -1242,21 +1265,13 @@ def _print_report(report: Any, shown: int = 20) -> None:
 @app.command("verify")
 @friendly
 def verify_command(
-    table: Annotated[
-        list[str] | None,
-        typer.Option("--table", "-t", help="Mapping name or source table (repeat); default all."),
-    ] = None,
+    table: Annotated[list[str] | None, _TABLES] = None,
     sample: Annotated[
         int | None, typer.Option(help="Compare N random rows only (fast), not everything.")
     ] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Window start on --time-column (ISO date/time, UTC).")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Window end (exclusive).")] = None,
-    time_column: Annotated[
-        str | None,
-        typer.Option(help="Column of the window; default the first timestamp column."),
-    ] = None,
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
+    time_column: Annotated[str | None, _TIME_COLUMN] = None,
     repair: Annotated[
         bool,
         typer.Option(
@@ -1281,27 +1296,19 @@ def verify_command(
 ) -> None:
     """Compare PostgreSQL and DynamoDB row by row through the sink's mapping: counts, missing,
     extra and differing items. Exit 0 when clean, 3 on divergence, 1 on error."""
-    from replicator.verify import VerifyOptions, Window, default_time_column, verify
+    from replicator.verify import VerifyOptions, verify
 
     s = settings()
     mappings = [s.mapping_named(t) for t in table] if table else list(s.tables)
-    if time_column and not (since or until):
-        raise ReplicatorError("--time-column needs --since and/or --until")
+    window = _windows(since, until, time_column)
     divergent = False
     for mapping in mappings:
-        window = None
-        if since or until:
-            window = Window(
-                time_column or default_time_column(mapping),
-                _moment("--since", since),
-                _moment("--until", until),
-            )
         path = json_path
         if json_path is not None and len(mappings) > 1:
             path = json_path.with_name(f"{json_path.stem}.{mapping.name}{json_path.suffix}")
         options = VerifyOptions(
             sample=sample,
-            window=window,
+            window=window(mapping),
             repair=repair,
             recheck=recheck,
             group_id=group,
@@ -1321,10 +1328,7 @@ def verify_command(
 @app.command("validate")
 @friendly
 def validate_command(
-    table: Annotated[
-        list[str] | None,
-        typer.Option("--table", "-t", help="Mapping name or source table (repeat); default all."),
-    ] = None,
+    table: Annotated[list[str] | None, _TABLES] = None,
     sample: Annotated[
         int | None, typer.Option(help="Rows sampled per table (default verify.sample_rows).")
     ] = None,
@@ -1339,14 +1343,9 @@ def validate_command(
     group: Annotated[
         str | None, typer.Option(help="Consumer group whose lag the re-checks wait for.")
     ] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Only rows from here on --time-column (ISO, UTC).")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Only rows before this (exclusive).")] = None,
-    time_column: Annotated[
-        str | None,
-        typer.Option(help="Column of the window; default the first timestamp column."),
-    ] = None,
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
+    time_column: Annotated[str | None, _TIME_COLUMN] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the results to this file.")
     ] = None,
@@ -1354,18 +1353,9 @@ def validate_command(
     """The seed's validation set: count match, sample success rate, read latency p50/p95 on both
     stores, and a coordinated test row. Exit 0 when every check passes, 3 otherwise."""
     from replicator.validate import validate
-    from replicator.verify import Window, default_time_column
 
     s = settings()
-    if time_column and not (since or until):
-        raise ReplicatorError("--time-column needs --since and/or --until")
-    first, last = _moment("--since", since), _moment("--until", until)
-
-    def window(mapping: Any) -> Any:
-        if first is None and last is None:
-            return None
-        return Window(time_column or default_time_column(mapping), first, last)
-
+    window = _windows(since, until, time_column)
     changes: dict[str, Any] = {}
     if sample is not None:
         changes["sample_rows"] = sample

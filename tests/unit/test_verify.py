@@ -248,6 +248,7 @@ def test_default_time_columns() -> None:
         (["verify", "-t", "Payments", "--time-column", "paymentdate"], "needs --since"),
         (["validate", "-t", "Payments", "--threshold", "2"], "sample_threshold"),
         (["validate", "-t", "Payments", "--until", "31/12/2024"], "not an ISO-8601 date"),
+        (["validate", "-t", "Payments", "--time-column", "paymentdate"], "needs --since"),
     ],
 )
 def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:
