@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import psycopg
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from own_moto import own_moto  # noqa: E402  (beside this file)
 
 from replicator.config import Settings, load_settings  # noqa: E402
 from tests.integration.second_source import SecondSource  # noqa: E402
@@ -59,25 +60,6 @@ INSERT = (
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def start_moto(port: int) -> subprocess.Popen[bytes]:
-    moto = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if moto.poll() is not None:
-            raise SystemExit(f"moto exited at start: is port {port} taken? (--moto-port)")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return moto
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    moto.kill()
-    raise SystemExit(f"moto did not start on port {port}")
 
 
 def write_config(settings: Settings, source: SecondSource, port: int, path: Path) -> Path:
@@ -274,11 +256,15 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load_settings(None)
-    moto = start_moto(args.moto_port)
+    with own_moto(args.moto_port) as endpoint:
+        run_all(args, settings, endpoint)
+
+
+def run_all(args: argparse.Namespace, settings: Settings, endpoint: str) -> None:
     source = SecondSource(settings, "bench")
     client = boto3.client(
         "dynamodb",
-        endpoint_url=f"http://127.0.0.1:{args.moto_port}",
+        endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="local",
         aws_secret_access_key="local",
@@ -329,12 +315,6 @@ def main() -> None:
         raise
     finally:
         source.drop()
-        moto.terminate()
-        try:
-            moto.wait(30)
-        except subprocess.TimeoutExpired:
-            moto.kill()
-            moto.wait(30)
 
 
 if __name__ == "__main__":

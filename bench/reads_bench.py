@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
+from own_moto import own_moto  # beside this file
 from psycopg.rows import dict_row
 
 from replicator.config import Settings, load_settings
@@ -35,7 +33,6 @@ from replicator.reads import DynamoReads, PostgresReads, reads_client, same
 from replicator.rows import source_row
 from replicator.tables import ensure_table
 
-ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "readsbench"
 SERVICES = ["CreditCheckService", "PaymentGateway", "DocumentStore", "EmailService",
             "SmsService", "OpenBankingApi"]  # fmt: skip
@@ -46,25 +43,6 @@ CORRELATIONS = 3000
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def start_moto(port: int) -> subprocess.Popen[bytes]:
-    moto = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if moto.poll() is not None:
-            raise SystemExit(f"moto exited at start: is port {port} taken? (--moto-port)")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return moto
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    moto.kill()
-    raise SystemExit(f"moto did not start on port {port}")
 
 
 def bench_settings(base: Settings, port: int) -> Settings:
@@ -237,7 +215,11 @@ def main() -> None:
     options = parser.parse_args()
     base = load_settings(None)
     settings = bench_settings(base, options.moto_port)
-    moto = start_moto(options.moto_port)
+    with own_moto(options.moto_port):
+        run_all(options, base, settings)
+
+
+def run_all(options: argparse.Namespace, base: Settings, settings: Settings) -> None:
     conn = psycopg.connect(base.postgres.dsn(), autocommit=True)
     postgres = dynamo = None
     try:
@@ -281,8 +263,6 @@ def main() -> None:
         if not options.keep:
             conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         conn.close()
-        moto.terminate()
-        moto.wait(10)
 
 
 if __name__ == "__main__":
