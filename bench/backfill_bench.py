@@ -4,16 +4,19 @@ it does not load the shared one; the rows live in a source of their own (databas
 topic), removed at the end.
 
     ./dev setup && .venv/bin/replicator stack up
-    .venv/bin/python bench/backfill_bench.py --rows 1000000 --runs 3
+    .venv/bin/python bench/backfill_bench.py --rows 1000000 --runs 1
+    .venv/bin/python bench/backfill_bench.py --rows 100000 --runs 1 --baseline
     .venv/bin/python bench/backfill_bench.py --rows 30000 --runs 0 --live
 
 Per run: `replicator backfill --table dbo.integrationlogs --into <fresh table> --restart` as a
 child process over the whole topic (the connector's initial snapshot of --rows rows); events/s
 is the run's own summary (events / wall time of the replay), peak RSS is the child's maxrss
-(getrusage of the waited child). Then, with --live, a live consumer (`replicator run`, group
-of its own, reading from the topic's end) writes into the same table as a backfill of the whole
-topic, while rows are inserted at --live-rate per second; the live group's lag is sampled every
-second (replicator.lag.consumer_lag).
+(getrusage of the waited child), CPU per event its user + system time. With --baseline, the
+same topic is then replayed by a naive consumer (decode and map by our functions, one boto3
+conditional PutItem after another) into a fresh table, and the two are compared. With --live,
+a live consumer (`replicator run`, group of its own, reading from the topic's end) writes into
+the same table as a backfill of the whole topic, while rows are inserted at --live-rate per
+second; the live group's lag is sampled every second (replicator.lag.consumer_lag).
 """
 
 from __future__ import annotations
@@ -78,8 +81,8 @@ def write_config(settings: Settings, source: SecondSource, port: int, path: Path
     return path
 
 
-def backfill(config: Path, *args: str) -> tuple[float, int, str]:
-    """Run one backfill child; (seconds, peak RSS in MB, its stdout)."""
+def backfill(config: Path, *args: str) -> tuple[float, int, float, str]:
+    """Run one backfill child; (seconds, peak RSS in MB, CPU seconds, its stdout)."""
     command = [sys.executable, "-m", "replicator.cli", "--config", str(config), "backfill"]
     started = time.monotonic()
     child = subprocess.Popen(
@@ -130,7 +133,52 @@ def backfill(config: Path, *args: str) -> tuple[float, int, str]:
         raise SystemExit(
             f"backfill failed ({child.returncode}):\n{holder.get('err', b'').decode()[-3000:]}"
         )
-    return seconds, usage.ru_maxrss // 1024, out
+    return seconds, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime, out
+
+
+def naive_replay(config: Path, topic: str, target: str, total: int) -> tuple[float, float]:
+    """The baseline: what a generic consumer does. One confluent-kafka consumer over the whole
+    topic; each record decoded and mapped by our own pure functions and written with one boto3
+    conditional PutItem, one after another. Returns (events/s, CPU seconds)."""
+    from confluent_kafka import Consumer
+
+    from replicator.decode import decode
+    from replicator.dynamo import dynamodb_client
+    from replicator.events import ChangeEvent, Origin
+    from replicator.pipeline import to_change
+    from replicator.sink import action, plan
+    from replicator.tables import ensure_table
+
+    settings = load_settings(config)
+    mapping = settings.tables[0].model_copy(update={"name": target})
+    client = dynamodb_client(settings.dynamodb)
+    ensure_table(client, mapping)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"bench-naive-{target}-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    done, started, cpu = 0, time.monotonic(), time.process_time()
+    try:
+        while done < total:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            origin = Origin(message.topic(), message.partition(), message.offset())
+            event = decode(message.key(), message.value(), origin)
+            if isinstance(event, ChangeEvent):
+                (write,) = plan([to_change(mapping, event)])
+                client.put_item(**action(write, int(time.time()))["Put"])
+            done += 1
+            if done % 10_000 == 0:
+                say(f"  naive {done}/{total}")
+    finally:
+        consumer.close()
+    return done / (time.monotonic() - started), time.process_time() - cpu
 
 
 def rate_of(out: str) -> tuple[int, float]:
@@ -247,6 +295,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--moto-port", type=int, default=58177)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also replay the topic with a naive consumer (sequential boto3 PutItem) to compare",
+    )
     parser.add_argument("--live", action="store_true", help="also the live-lag run")
     parser.add_argument("--live-rate", type=float, default=20.0, help="live inserts per second")
     parser.add_argument("--live-burst", type=int, default=3000, help="rows inserted at once")
@@ -288,14 +341,15 @@ def run_all(args: argparse.Namespace, settings: Settings, endpoint: str) -> None
         results = []
         for run in range(args.runs):
             target = f"IntegrationLogs_bench{run}"
-            seconds, rss, out = backfill(
+            seconds, rss, cpu, out = backfill(
                 config, "--table", "dbo.integrationlogs", "--into", target, "--restart"
             )
             events, wall = rate_of(out)
-            results.append((events / wall, rss, wall, seconds))
+            results.append((events / wall, rss, cpu * 1000 / events))
             say(
                 f"run {run + 1}: {events} events in {wall:.0f}s = {events / wall:.0f}/s, "
-                f"peak RSS {rss} MB (process {seconds:.0f}s)"
+                f"peak RSS {rss} MB, CPU {cpu * 1000 / events:.2f} ms/event "
+                f"(process {seconds:.0f}s)"
             )
             drop_table(client, target)
         if results:
@@ -304,6 +358,18 @@ def run_all(args: argparse.Namespace, settings: Settings, endpoint: str) -> None
                 f"median {statistics.median(rates):.0f} events/s over {len(rates)} run(s); "
                 f"peak RSS max {max(r[1] for r in results)} MB"
             )
+        if args.baseline:
+            target = "IntegrationLogs_naive"
+            rate, cpu = naive_replay(config, topic, target, args.rows)
+            say(f"naive: {rate:.0f} events/s, CPU {cpu * 1000 / args.rows:.2f} ms/event")
+            drop_table(client, target)
+            if results:
+                ours = statistics.median(r[0] for r in results)
+                ours_cpu = statistics.median(r[2] for r in results)
+                say(
+                    f"backfill vs naive: {ours / rate:.2f}x the rate, "
+                    f"{cpu * 1000 / args.rows / ours_cpu:.2f}x less CPU per event"
+                )
         if args.live:
             say("live-lag run: backfill into the live consumer's table, rows inserted meanwhile")
             result = live_run(
