@@ -283,15 +283,22 @@ def test_lag_watch_refreshes_until_interrupted(running: Any) -> None:
             if ready:
                 output += os.read(controller, 65536)
         proc.send_signal(signal.SIGINT)
-        proc.wait(20)
-        while select.select([controller], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:
+        # Keep reading as a terminal does: the screen redraws until it stops, and a pty nobody
+        # reads fills up and blocks those writes (the exit would then wait on the test).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: every writer to the terminal has closed it
+                    chunk = b""
+                    time.sleep(0.05)
+                output += chunk
+                if chunk:
+                    continue
+            if proc.poll() is not None:
                 break
-            if not chunk:
-                break
-            output += chunk
+        proc.wait(1)
     finally:
         if proc.poll() is None:
             proc.kill()
