@@ -625,25 +625,40 @@ def _lag_screen(
         else:
             out.print(render(report))
         return report.healthy()
+    import signal
+    import threading
     import time
     from collections import deque
 
     from rich.live import Live
 
-    # Counters move once per batch: rates over the last `window` seconds of scrapes, not
-    # between two refreshes, or a slow batch reads as 0 events/s.
-    report, first = gather(s, targets, window_s=0, **ask)
-    scrapes = deque([first] if first else [])
-    with Live(render(report), console=out, refresh_per_second=4, screen=False) as live:
-        while True:
-            time.sleep(interval)
-            while len(scrapes) > 1 and scrapes[1].at <= time.time() - window:
-                scrapes.popleft()
-            previous = scrapes[0] if scrapes else None
-            report, scrape = gather(s, targets, previous=previous, window_s=0, **ask)
-            if scrape is not None:
-                scrapes.append(scrape)
-            live.update(render(report))
+    # Ctrl-C sets a flag that the loop reads between refreshes: an exception raised at any
+    # point (inside a Kafka call, or while rich's redraw thread holds its locks) could leave
+    # the screen unable to stop.
+    stop = threading.Event()
+
+    def on_interrupt(*_: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        # Counters move once per batch: rates over the last `window` seconds of scrapes, not
+        # between two refreshes, or a slow batch reads as 0 events/s.
+        report, first = gather(s, targets, window_s=0, **ask)
+        scrapes = deque([first] if first else [])
+        with Live(render(report), console=out, refresh_per_second=4, screen=False) as live:
+            while not stop.wait(interval):
+                while len(scrapes) > 1 and scrapes[1].at <= time.time() - window:
+                    scrapes.popleft()
+                previous = scrapes[0] if scrapes else None
+                report, scrape = gather(s, targets, previous=previous, window_s=0, **ask)
+                if scrape is not None:
+                    scrapes.append(scrape)
+                live.update(render(report))
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    raise KeyboardInterrupt  # stopped by Ctrl-C: `friendly` says so and exits 130
 
 
 _JSON = typer.Option("--json", help="One JSON document, for scripts.")

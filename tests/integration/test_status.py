@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,39 +273,49 @@ def test_lag_watch_refreshes_until_interrupted(running: Any) -> None:
         stdout=terminal,
         stderr=terminal,
         cwd=ROOT,
-        env={**os.environ, "COLUMNS": "100", "LINES": "60"},
+        # faulthandler: if it ever hangs, SIGABRT below prints where every thread was
+        env={**os.environ, "COLUMNS": "100", "LINES": "60", "PYTHONFAULTHANDLER": "1"},
     )
     os.close(terminal)
-    output = b""
-    deadline = time.monotonic() + 20
-    try:
-        while time.monotonic() < deadline and output.count(b"as of") < 3:
-            ready, _, _ = select.select([controller], [], [], 0.5)
-            if ready:
-                output += os.read(controller, 65536)
-        proc.send_signal(signal.SIGINT)
-        # Keep reading as a terminal does: the screen redraws until it stops, and a pty nobody
-        # reads fills up and blocks those writes (the exit would then wait on the test).
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+    output = bytearray()
+
+    def read_for(seconds: float, enough: Callable[[], bool]) -> None:
+        """Read the terminal as a terminal does, all the time: a pty nobody reads fills up
+        with redraws and blocks the writer."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not enough():
             if select.select([controller], [], [], 0.2)[0]:
                 try:
                     chunk = os.read(controller, 65536)
                 except OSError:  # EIO: every writer to the terminal has closed it
                     chunk = b""
-                    time.sleep(0.05)
-                output += chunk
                 if chunk:
+                    output.extend(chunk)
                     continue
-            if proc.poll() is not None:
-                break
-        proc.wait(1)
+                time.sleep(0.05)
+
+    def refreshes() -> int:  # distinct data, not one frame redrawn
+        return len(set(re.findall(rb"as of (\S+)", bytes(output))))
+
+    try:
+        read_for(30, lambda: refreshes() >= 3)
+        proc.send_signal(signal.SIGINT)
+        read_for(20, lambda: proc.poll() is not None)
+        read_for(1, lambda: False)  # what it wrote last
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGABRT)
+            read_for(5, lambda: False)
+            pytest.fail(
+                "lag --watch still ran 20 s after SIGINT; its last output and threads:\n"
+                + bytes(output).decode(errors="replace")[-6000:]
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.wait(10)
         os.close(controller)
-    text = output.decode(errors="replace")
-    assert text.count("as of") >= 3, text[-3000:]  # redrawn, not printed once
+    text = bytes(output).decode(errors="replace")
+    assert refreshes() >= 3, text[-3000:]  # gathered again and redrawn, not printed once
     assert own.tables[0].name in text
     assert proc.returncode == 130 and "interrupted" in text and "Traceback" not in text
 
