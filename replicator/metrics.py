@@ -46,6 +46,18 @@ CONNECT_STATES = (
 log = structlog.get_logger("replicator.metrics")
 
 
+def start_time_gauge(registry: CollectorRegistry) -> Gauge:
+    """``replicator_start_time_seconds``, set to now: `replicator cost` divides a process's
+    counters by its uptime (the consumer's and the read API's registries both carry it)."""
+    gauge = Gauge(
+        "replicator_start_time_seconds",
+        "Unix time this process started (for rates over its whole life).",
+        registry=registry,
+    )
+    gauge.set(time.time())
+    return gauge
+
+
 class Metrics:
     def __init__(
         self,
@@ -163,12 +175,7 @@ class Metrics:
             ["state"],
             registry=r,
         )
-        self.start_time = Gauge(
-            "replicator_start_time_seconds",
-            "Unix time this consumer started (for rates over its whole life).",
-            registry=r,
-        )
-        self.start_time.set(time.time())
+        self.start_time = start_time_gauge(r)
         for table in tables:
             for metric in (
                 self.consumed,

@@ -51,7 +51,7 @@ import orjson
 import psycopg
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -60,6 +60,7 @@ from replicator.config import Settings
 from replicator.dynamo import dynamodb_client
 from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.mapping import Item, TableMapping, format_date, format_timestamp, render, to_item
+from replicator.metrics import start_time_gauge
 from replicator.rows import as_debezium, source_row
 from replicator.sink import DELETED
 
@@ -1009,13 +1010,7 @@ class ReadMetrics:
             ["table"],
             registry=r,
         )
-        # For rates over the process's lifetime (`replicator cost` without --window).
-        self.start_time = Gauge(
-            "replicator_start_time_seconds",
-            "When this process started (Unix time).",
-            registry=r,
-        )
-        self.start_time.set(time.time())
+        self.start_time = start_time_gauge(r)  # `replicator cost` without --window
         self.read_units = Counter(
             "replicator_dynamodb_consumed_read_units",
             "Read capacity units DynamoDB reported consumed by the read path's requests.",
