@@ -6,6 +6,7 @@ it from the settings, for the local stack, `replicator postgres prepare` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -14,6 +15,7 @@ from psycopg import sql
 
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
+from replicator.mapping import TableMapping, template_fields
 
 # `postgres sql` prints the script without the secret: the role's password is read from this
 # session setting, which the administrator sets first (see the script's header).
@@ -93,3 +95,84 @@ def prepare(settings: Settings, conn: psycopg.Connection[Any] | None = None) -> 
         raise ReplicatorError(
             f"preparing PostgreSQL at {pg.host}:{pg.port}/{pg.database} for CDC failed: {exc}"
         ) from exc
+
+
+# --- REPLICA IDENTITY ------------------------------------------------------------------------
+
+_IDENTITIES = {"f": "FULL", "d": "DEFAULT", "i": "USING INDEX", "n": "NOTHING"}
+
+
+@dataclass(frozen=True)
+class IdentityCheck:
+    """One captured table's REPLICA IDENTITY against what its mapping needs."""
+
+    table: str  # source, schema.table
+    identity: str | None  # FULL, DEFAULT, USING INDEX, NOTHING; None: the table is missing
+    moving: frozenset[str]  # key columns outside the primary key: FULL is needed if any
+
+    @property
+    def ok(self) -> bool:
+        return self.identity == "FULL" or (self.identity is not None and not self.moving)
+
+    @property
+    def fix(self) -> str:
+        return f"ALTER TABLE {self.table} REPLICA IDENTITY FULL;"
+
+    def describe(self) -> str:
+        if self.identity is None:
+            return f"{self.table}: no such table in PostgreSQL"
+        if self.ok:
+            why = "" if self.identity == "FULL" else " (its item keys use only the primary key)"
+            return f"{self.table}: REPLICA IDENTITY {self.identity}{why}"
+        return (
+            f"{self.table}: REPLICA IDENTITY {self.identity}, but its item key is built from "
+            f"columns an UPDATE can change ({', '.join(sorted(self.moving))}): without the old "
+            "row, an update that moves the key leaves the old item behind and a delete cannot "
+            f"find the item. Fix: {self.fix}"
+        )
+
+
+def key_columns_beyond_pk(mapping: TableMapping) -> frozenset[str]:
+    """Columns outside the primary key that the item's key is built from (a lookup counts as
+    the column it looks up by): an UPDATE of one of them moves the item to another key."""
+    using = {lookup.column: lookup.using for lookup in mapping.lookups}
+    keys = [mapping.partition_key, *([mapping.sort_key] if mapping.sort_key else [])]
+    named = {using.get(name, name) for key in keys for name, _ in template_fields(key.template)}
+    return frozenset(named - set(mapping.primary_key))
+
+
+def replica_identities(settings: Settings) -> list[IdentityCheck]:
+    """Ask PostgreSQL (the lookups' connection: the consumer already has it) for each mapped
+    table's REPLICA IDENTITY. Raises ReplicatorError when PostgreSQL does not answer."""
+    pg = settings.postgres
+    sources = [mapping.source for mapping in settings.tables]
+    try:
+        with psycopg.connect(pg.lookups()) as conn:
+            rows = conn.execute(
+                "SELECT n.nspname || '.' || c.relname, c.relreplident FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname || '.' || c.relname = ANY(%s) AND c.relkind IN ('r', 'p')",
+                [sources],
+            ).fetchall()
+    except psycopg.Error as exc:
+        raise ReplicatorError(
+            f"cannot read the captured tables' REPLICA IDENTITY from PostgreSQL at "
+            f"{pg.host}:{pg.port}/{pg.database}: {exc}"
+        ) from exc
+    found = {name: _IDENTITIES.get(code, code) for name, code in rows}
+    return [
+        IdentityCheck(mapping.source, found.get(mapping.source), key_columns_beyond_pk(mapping))
+        for mapping in settings.tables
+    ]
+
+
+def require_replica_identity(settings: Settings) -> None:
+    """Refuse to consume when a captured table's REPLICA IDENTITY would hide key moves."""
+    bad = [check for check in replica_identities(settings) if not check.ok]
+    if bad:
+        fixes = "\n".join(f"  {check.fix}" for check in bad if check.identity is not None)
+        raise ReplicatorError(
+            "refusing to run:\n"
+            + "\n".join(f"- {check.describe()}" for check in bad)
+            + (f"\nRun as the tables' owner:\n{fixes}" if fixes else "")
+        )

@@ -94,6 +94,9 @@ class TableStatus:
     latency_window: str
     events_per_s: float | None
     applied_per_s: float | None
+    # REPLICA IDENTITY of the source table: "FULL", "DEFAULT", ...; None when unknown.
+    replica_identity: str | None = None
+    replica_identity_ok: bool | None = None  # whether it shows every key move (see postgres.py)
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Report:
             and bool(self.slot.get("active"))
             and self.consumer_reachable
             and all(p.get("ready") for p in self.probes.values())
+            and all(t.replica_identity_ok for t in self.tables)
         )
 
 
@@ -177,6 +181,19 @@ def _slot(settings: Settings, errors: list[str]) -> dict[str, Any] | None:
         "retained_wal_bytes": slot.retained_wal_bytes,
         "confirmed_flush_lsn": slot.confirmed_flush_lsn,
     }
+
+
+def _identities(settings: Settings, errors: list[str]) -> dict[str, Any]:
+    from replicator.errors import ReplicatorError
+    from replicator.postgres import replica_identities
+
+    try:
+        checks = {check.table: check for check in replica_identities(settings)}
+    except ReplicatorError as exc:
+        errors.append(f"replica identity: {exc}")
+        return {}
+    errors += [f"replica identity: {c.describe()}" for c in checks.values() if not c.ok]
+    return checks
 
 
 def _lags(settings: Settings, group_id: str | None, errors: list[str]) -> dict[str, Any]:
@@ -241,9 +258,11 @@ def gather(
     connector = _connector(settings, errors)
     slot = _slot(settings, errors)
     lags = _lags(settings, group_id, errors)
+    identities = _identities(settings, errors)
     tables = []
     for mapping in mappings:
         lag = lags.get(mapping.name)
+        identity = identities.get(mapping.source)
         r = rates(previous, scrape, mapping.name) if scrape is not None else None
         tables.append(
             TableStatus(
@@ -261,6 +280,8 @@ def gather(
                 latency_window=r.latency_window if r else "none",
                 events_per_s=r.events_per_s if r else None,
                 applied_per_s=r.applied_per_s if r else None,
+                replica_identity=identity.identity if identity else None,
+                replica_identity_ok=identity.ok if identity else None,
             )
         )
     report = Report(
@@ -311,6 +332,12 @@ def render(report: Report) -> Any:
                 else "0 events (caught up)"
             )
             grid.add_row("consumer lag", behind)
+        if t.replica_identity is None:
+            grid.add_row("replica identity", "[red]unknown[/]")
+        else:
+            colour = "green" if t.replica_identity_ok else "red"
+            needs = "" if t.replica_identity_ok else " (key moves need FULL: see below)"
+            grid.add_row("replica identity", f"[{colour}]{t.replica_identity}[/]{needs}")
         if not report.consumer_reachable:
             grid.add_row("end-to-end", "[yellow]no consumer reachable[/]")
             grid.add_row("throughput", "[yellow]no consumer reachable[/]")

@@ -130,3 +130,41 @@ def test_prepare_runs_the_same_script(scratch: Settings) -> None:
     prepare(scratch)
     with psycopg.connect(scratch.postgres.dsn(), autocommit=True) as conn:
         _check(conn, scratch)
+
+
+def test_run_refuses_a_table_whose_replica_identity_hides_key_moves(
+    scratch: Settings, tmp_path: Any
+) -> None:
+    """Both design tables build their keys from columns an UPDATE can change: under REPLICA
+    IDENTITY DEFAULT `run` refuses before consuming anything and prints the SQL that fixes it;
+    after that SQL, every table checks out."""
+    from replicator.postgres import replica_identities
+
+    with psycopg.connect(scratch.postgres.dsn(), autocommit=True) as conn:
+        for mapping in scratch.tables:
+            conn.execute(f"ALTER TABLE {mapping.source} REPLICA IDENTITY DEFAULT")
+    checks = {check.table: check for check in replica_identities(scratch)}
+    assert {t: (c.identity, c.ok) for t, c in checks.items()} == {
+        "dbo.integrationlogs": ("DEFAULT", False),
+        "dbo.payments": ("DEFAULT", False),
+    }
+    config = tmp_path / "replicator.yaml"
+    config.write_text(f"postgres:\n  database: {scratch.postgres.database}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "replicator.cli", "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "refusing to run" in output
+    assert "Traceback" not in output
+    for mapping in scratch.tables:
+        assert f"ALTER TABLE {mapping.source} REPLICA IDENTITY FULL;" in output
+
+    with psycopg.connect(scratch.postgres.dsn(), autocommit=True) as conn:
+        for mapping in scratch.tables:
+            conn.execute(f"ALTER TABLE {mapping.source} REPLICA IDENTITY FULL")
+    assert all(check.ok for check in replica_identities(scratch))

@@ -220,6 +220,8 @@ def _report(**changes: object) -> Report:
         latency_window="window",
         events_per_s=3.0,
         applied_per_s=2.5,
+        replica_identity="FULL",
+        replica_identity_ok=True,
     )
     report = Report(
         at="2026-01-01T00:00:00+00:00",
@@ -242,6 +244,20 @@ def test_report_health_needs_connector_tasks_slot_and_ready_consumers() -> None:
     assert not _report(slot=None).healthy()
     assert not _report(consumer_reachable=False).healthy()
     assert not _report(probes={"http://x": {"live": True, "ready": False}}).healthy()
+    table = _report().tables[0]
+    for identity, ok in (("DEFAULT", False), (None, None)):  # hides key moves; unknown
+        table.replica_identity, table.replica_identity_ok = identity, ok
+        assert not _report(tables=[table]).healthy()
+
+
+def test_render_names_a_replica_identity_that_hides_key_moves() -> None:
+    from rich.console import Console
+
+    table = _report().tables[0]
+    table.replica_identity, table.replica_identity_ok = "DEFAULT", False
+    console = Console(width=120, record=True)
+    console.print(render(_report(tables=[table])))
+    assert "replica identity  DEFAULT (key moves need FULL" in console.export_text()
 
 
 def test_render_shows_one_panel_per_table_and_says_when_no_consumer_answers() -> None:
@@ -282,3 +298,19 @@ def test_connector_state_off_exports_no_connector_series() -> None:
     assert "replicator_connector_state" not in s.names()  # silent alerts, not a false state
     assert "replicator_connector_tasks" not in s.names()
     assert s.total("replicator_slot_active") == 0
+
+
+def test_replica_identity_full_is_needed_only_where_keys_can_move() -> None:
+    from replicator.config import load_settings
+    from replicator.postgres import IdentityCheck, key_columns_beyond_pk
+
+    logs, payments = load_settings(None).tables
+    assert key_columns_beyond_pk(logs) == {"servicename", "logtimestamp"}
+    # CustomerId is looked up by loanid: a payment moved to another loan moves its item.
+    assert key_columns_beyond_pk(payments) == {"paymentdate", "loanid"}
+    moving = IdentityCheck("dbo.payments", "DEFAULT", frozenset({"paymentdate"}))
+    assert not moving.ok
+    assert "ALTER TABLE dbo.payments REPLICA IDENTITY FULL;" in moving.describe()
+    assert IdentityCheck("dbo.notes", "DEFAULT", frozenset()).ok  # key = primary key only
+    assert IdentityCheck("dbo.payments", "FULL", frozenset({"paymentdate"})).ok
+    assert not IdentityCheck("dbo.gone", None, frozenset()).ok
