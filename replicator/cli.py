@@ -305,6 +305,10 @@ def run_consumer(
     import structlog
 
     from replicator.health import Health, Server
+    from replicator.postgres import require_replica_identity
+
+    # Before anything is consumed: under REPLICA IDENTITY DEFAULT key moves are invisible.
+    require_replica_identity(s)
     from replicator.metrics import Metrics, SourceMonitor
     from replicator.status_page import History
 
