@@ -32,7 +32,7 @@ class _Section(BaseModel):
 
 class PostgresSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 55432
+    port: int = 15432
     database: str = "loans"
     user: str = Field(
         "postgres",
@@ -61,7 +61,7 @@ class PostgresSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = "127.0.0.1:59092"
+    bootstrap_servers: str = "127.0.0.1:19092"
     group_id: str = "replicator"
     dead_letter_topic: str = "replicator.dead-letter"
     batch_size: int = Field(500, gt=0, description="records taken per poll")
@@ -72,7 +72,7 @@ class KafkaSettings(_Section):
 class ConnectorSettings(_Section):
     """Values filled into connectors/*.json."""
 
-    url: str = "http://127.0.0.1:58083"
+    url: str = "http://127.0.0.1:18083"
     name: str = "loans-postgres"
     topic_prefix: str = "loans"
     slot_name: str = "replicator"
@@ -90,7 +90,7 @@ class ConnectorSettings(_Section):
 
 class DynamoSettings(_Section):
     endpoint_url: str | None = Field(
-        "http://127.0.0.1:58000", description="unset or empty: AWS's regional endpoint"
+        "http://127.0.0.1:18000", description="unset or empty: AWS's regional endpoint"
     )
     region: str = "us-east-1"
     access_key_id: str | None = "local"
@@ -305,13 +305,23 @@ class VerifySettings(_Section):
 
 
 class StackSettings(_Section):
-    """The local development/test stack (plain processes, no Docker)."""
+    """The local development/test stack (plain processes, no Docker).
+
+    The default ports lie below Linux's ephemeral range (32768-60999), so that no client
+    socket the kernel hands out can hold one of them when the stack starts."""
 
     home: Path = Path(".stack")
-    kafka_port: int = 59092
-    controller_port: int = 59093
-    connect_port: int = 58083
-    dynamodb_port: int = 58000
+    kafka_port: int = 19092
+    controller_port: int = 19093
+    connect_port: int = 18083
+    dynamodb_port: int = 18000
+    cache_dir: Path = Field(
+        Path("~/.cache/replicator"),
+        description="built tools shared by every checkout (the DynamoDB endpoint's binary)",
+    )
+    dynoxide_version: str = Field(
+        "3.2.0", description="the local DynamoDB endpoint, built once from crates.io by cargo"
+    )
     kafka_heap: str = "768m"
     connect_heap: str = "768m"
     start_timeout_s: float = 180.0

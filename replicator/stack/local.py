@@ -3,7 +3,11 @@
     jars/      Kafka + Connect classpath (libs/) and the Debezium plugin (plugins/), from Maven
     kafka/     broker config and data        connect/  worker config and secrets
     postgres/  data directory (or a postgres-owned fallback when running as root)
+    dynamodb/  the DynamoDB endpoint's state (one SQLite file: it survives `down` and `up`)
     logs/      every part's log              run/      pid files of what `up` started
+
+The DynamoDB endpoint is dynoxide (crates.io, MIT/Apache-2.0), built once by cargo into
+``stack.cache_dir`` and shared by every checkout of the machine.
 
 `down` stops exactly the processes recorded in run/ (pid plus start time), nothing else.
 """
@@ -17,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,12 +56,20 @@ class LocalStack:
         self.run_dir = self.home / "run"
         self.libs = self.home / "jars" / "libs"
         self.plugins = self.home / "jars" / "plugins"
+        self.dynamodb_state = self.home / "dynamodb" / "state.db"
         self._root = os.geteuid() == 0
+
+    @property
+    def dynoxide(self) -> Path:
+        """The endpoint's binary, one folder per version (a new pin builds beside the old)."""
+        cache = self.cfg.cache_dir.expanduser()
+        return cache / f"dynoxide-{self.cfg.dynoxide_version}" / "bin" / "dynoxide"
 
     # --- install ----------------------------------------------------------------------------
 
     def install(self) -> None:
-        """PostgreSQL 15 from Debian's packages (if missing) and the jars through Maven."""
+        """PostgreSQL 15 from Debian's packages (if missing), the DynamoDB endpoint (built once
+        by cargo) and the jars through Maven."""
         if not (PG_BIN / "initdb").exists():
             if not self._root or not shutil.which("apt-get"):
                 raise StackError(
@@ -72,6 +83,7 @@ class LocalStack:
                 "apt-get install",
                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             )
+        self._install_dynoxide()
         pom = resources.files("replicator.stack").joinpath("pom.xml")
         stamp = self.home / "jars" / ".pom-sha1"
         digest = hashlib.sha1(pom.read_bytes()).hexdigest()
@@ -100,6 +112,45 @@ class LocalStack:
             )
         stamp.write_text(digest)
 
+    def _install_dynoxide(self) -> None:
+        if self.dynoxide.exists():
+            return
+        cargo = shutil.which("cargo") or str(Path("~/.cargo/bin/cargo").expanduser())
+        if not Path(cargo).exists():
+            raise StackError(
+                "Rust's cargo is needed once, to build the local DynamoDB endpoint (dynoxide "
+                f"{self.cfg.dynoxide_version} from crates.io): install it with rustup"
+            )
+        version = self.cfg.dynoxide_version
+        self.say(
+            f"building the DynamoDB endpoint (dynoxide {version}) with cargo; the first build "
+            "takes 4-8 minutes on 2 cores, later runs reuse it"
+        )
+        root = self.dynoxide.parent.parent
+        building = root.with_name(root.name + ".building")  # renamed when complete
+        shutil.rmtree(building, ignore_errors=True)
+        started = time.monotonic()
+        self._run(
+            [
+                cargo,
+                "install",
+                "dynoxide-rs",
+                "--version",
+                version,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "native-sqlite,http-server,cli",
+                "--root",
+                str(building),
+            ],
+            "building dynoxide",
+            log=self.logs / "dynoxide-build.log",
+        )
+        shutil.rmtree(root, ignore_errors=True)
+        building.rename(root)
+        self.say(f"dynoxide built in {time.monotonic() - started:.0f}s: {self.dynoxide}")
+
     # --- up / down / status -----------------------------------------------------------------
 
     def up(self) -> None:
@@ -108,6 +159,10 @@ class LocalStack:
         for d in (self.logs, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        # A new endpoint state over Kafka data that consumers have already committed would
+        # leave the replica empty while every offset says "applied" (see _rebuild_replica).
+        fresh_endpoint = not self.dynamodb_state.exists() and not self._dynamodb_ready()
+        kafka_has_data = (self.home / "kafka" / "data" / "meta.properties").exists()
         self._start_postgres()
         self._start_java("kafka", self._kafka_command(), self.cfg.kafka_port)
         self._start_dynamodb()
@@ -117,6 +172,8 @@ class LocalStack:
         self._start_java("connect", self._connect_command(), self.cfg.connect_port)
         self._wait("dynamodb", self._dynamodb_ready, self.logs / "dynamodb.log")
         self._wait("connect", self._connect_ready, self.logs / "connect.log")
+        if fresh_endpoint and kafka_has_data:
+            self._rebuild_replica()
         self.say(f"stack up in {time.monotonic() - started:.1f}s; logs in {self.logs}")
 
     def down(self, purge: bool = False) -> None:
@@ -131,7 +188,7 @@ class LocalStack:
             )
         if purge:
             shutil.rmtree(self._pg_root, ignore_errors=True)
-            for sub in ("kafka", "connect", "postgres", "run"):
+            for sub in ("kafka", "connect", "postgres", "dynamodb", "run"):
                 shutil.rmtree(self.home / sub, ignore_errors=True)
 
     def status(self) -> list[PartStatus]:
@@ -143,7 +200,11 @@ class LocalStack:
             ),
             PartStatus("kafka", self._kafka_ready(), self.s.kafka.bootstrap_servers),
             PartStatus("connect", self._connect_ready(), self.s.connector.url),
-            PartStatus("dynamodb", self._dynamodb_ready(), str(self.s.dynamodb.endpoint_url)),
+            PartStatus(
+                "dynamodb",
+                self._dynamodb_ready(),
+                f"{self.s.dynamodb.endpoint_url} state {self.dynamodb_state}",
+            ),
         ]
 
     # --- postgres ---------------------------------------------------------------------------
@@ -427,17 +488,55 @@ class LocalStack:
     def _start_dynamodb(self) -> None:
         if self._dynamodb_ready():
             return
+        self.dynamodb_state.parent.mkdir(parents=True, exist_ok=True)
         port = self.cfg.dynamodb_port
         command = [
-            sys.executable,
-            "-c",
-            "from moto.server import main; main()",
-            "-H",
+            str(self.dynoxide),
+            "serve",
+            "--host",
             "127.0.0.1",
-            "-p",
+            "--port",
             str(port),
+            "--db-path",
+            str(self.dynamodb_state),
         ]
         self._spawn("dynamodb", command, port)
+
+    def _rebuild_replica(self) -> None:
+        """The endpoint starts empty over a Kafka that kept its data (its state file was
+        deleted, say): create the mapped tables and forget the live group's committed offsets,
+        so that `run` replays the compacted topics and rebuilds the replica from them."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        from replicator.dynamo import dynamodb_client
+        from replicator.tables import ensure_table
+
+        client = dynamodb_client(self.s.dynamodb)
+        for mapping in self.s.tables:
+            ensure_table(client, mapping)
+        # Backfill groups wrote into this endpoint too: their offsets are as stale.
+        live, prefix = self.s.kafka.group_id, self.s.backfill.group_prefix + "."
+        admin = AdminClient({"bootstrap.servers": self.s.kafka.bootstrap_servers})
+        try:
+            listed = admin.list_consumer_groups().result(timeout=10).valid
+            groups = sorted(
+                g.group_id for g in listed if g.group_id == live or g.group_id.startswith(prefix)
+            )
+            if groups:
+                for done in admin.delete_consumer_groups(groups).values():
+                    done.result(timeout=10)
+        except KafkaException as exc:
+            raise StackError(
+                "the DynamoDB endpoint started with no state while Kafka kept its data, and "
+                f"resetting the consumer groups failed ({exc}); stop every consumer and run "
+                "`replicator stack up` again, or `stack down --purge` to start over"
+            ) from exc
+        self.say(
+            "the DynamoDB endpoint started with no state while Kafka kept its data: created "
+            f"the mapped tables and reset the consumer groups {groups or '(none yet)'}, so "
+            "`replicator run` rebuilds the replica from the compacted topics"
+        )
 
     def _dynamodb_ready(self) -> bool:
         if not self.s.dynamodb.endpoint_url:
@@ -515,13 +614,20 @@ class LocalStack:
         )
 
     def _ensure_port_free(self, name: str, port: int) -> None:
+        """Bind the port as the server will: a listener is not the only holder (a client
+        socket whose local port it is blocks a bind too)."""
         with socket.socket() as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                raise StackError(
-                    f"cannot start {name}: port {port} is taken by a process this "
-                    "stack did not start; stop it or change stack ports"
-                )
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+                return
+            except OSError as exc:
+                error = exc.strerror or str(exc)
+        raise StackError(
+            f"cannot start {name}: port {port} is not free ({error}); held by "
+            f"{_port_holder(port)}. Stop that, or move the part with the stack's port settings "
+            "(stack.*_port, and the matching client setting)"
+        )
 
     def _run(
         self,
@@ -554,6 +660,37 @@ def _start_time(pid: int) -> str | None:
     if fields[0] == "Z":  # a zombie has exited
         return None
     return fields[19]
+
+
+def _port_holder(port: int) -> str:
+    """Who holds a local TCP port, from /proc: "pid 123 (java), listening", or what is known."""
+    inodes: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                state = "listening" if fields[3] == "0A" else "a connection's local end"
+                inodes[fields[9]] = state
+    if not inodes:
+        return "an unknown process"
+    found = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                target = os.readlink(fd)
+                inode = target[8:-1] if target.startswith("socket:[") else ""
+                if inode in inodes:
+                    pid = fd_dir.parent.name
+                    comm = (fd_dir.parent / "comm").read_text().strip()
+                    found.append(f"pid {pid} ({comm}), {inodes[inode]}")
+                    break
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return "; ".join(sorted(set(found))) or f"a socket ({', '.join(sorted(set(inodes.values())))})"
 
 
 def _tail(log: Path, lines: int = 25) -> str:
