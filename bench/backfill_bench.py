@@ -1,7 +1,7 @@
 """Backfill (topic replay) rate and memory, and the live consumer's lag while a backfill runs.
-Outside CI. Against a DynamoDB endpoint of its own (a moto server it starts on --moto-port), so
-it does not load the shared one; the rows live in a source of their own (database, connector,
-topic), removed at the end.
+Outside CI. Against a DynamoDB endpoint of its own (a dynoxide server it starts on
+--endpoint-port), so it does not load the shared one; the rows live in a source of their own
+(database, connector, topic), removed at the end.
 
     ./dev setup && .venv/bin/replicator stack up
     .venv/bin/python bench/backfill_bench.py --rows 1000000 --runs 1
@@ -41,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from own_moto import own_moto  # noqa: E402  (beside this file)
+from own_endpoint import own_endpoint  # noqa: E402  (beside this file)
 
 from replicator.config import Settings, load_settings  # noqa: E402
 from tests.integration.second_source import SecondSource  # noqa: E402
@@ -294,7 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--moto-port", type=int, default=58177)
+    parser.add_argument("--endpoint-port", type=int, default=28177)
     parser.add_argument(
         "--baseline",
         action="store_true",
@@ -309,7 +309,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load_settings(None)
-    with own_moto(args.moto_port) as endpoint:
+    with own_endpoint(args.endpoint_port) as endpoint:
         run_all(args, settings, endpoint)
 
 
@@ -336,7 +336,7 @@ def run_all(args: argparse.Namespace, settings: Settings, endpoint: str) -> None
             time.sleep(1)
         say(f"initial snapshot on the topic in {time.monotonic() - started:.0f}s")
         config = write_config(
-            settings, source, args.moto_port, Path(tempfile.mkdtemp()) / "bench.yaml"
+            settings, source, args.endpoint_port, Path(tempfile.mkdtemp()) / "bench.yaml"
         )
         results = []
         for run in range(args.runs):

@@ -17,26 +17,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from replicator.config import load_settings
 from replicator.dynamo_wire import DynamoWireClient
-from replicator.stack import LocalStack
+
+sys.path.insert(0, str(Path(__file__).parent))
+from own_endpoint import dynoxide_command, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = "BenchLogs"
@@ -45,43 +43,11 @@ TABLE = "BenchLogs"
 # --- the endpoints ---------------------------------------------------------------------------
 
 
-def dynoxide_command(port: int, state: Path) -> list[str]:
-    binary = LocalStack(load_settings(None)).dynoxide
-    if not binary.exists():
-        raise SystemExit("dynoxide is not built: run `.venv/bin/replicator stack install`")
-    return [str(binary), "serve", "--port", str(port), "--db-path", str(state), "--log", "quiet"]
-
-
 def moto_command(port: int, _state: Path) -> list[str]:
     server = ROOT / ".venv" / "bin" / "moto_server"
     if not server.exists():
         raise SystemExit("moto is not installed: .venv/bin/pip install -e '.[bench]'")
     return [str(server), "-H", "127.0.0.1", "-p", str(port)]
-
-
-@contextlib.contextmanager
-def server(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"{command[0]} exited at start: is port {port} taken?")
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{command[0]} did not start on port {port}") from None
-                time.sleep(0.2)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
 
 
 def client(port: int) -> Any:
@@ -247,11 +213,11 @@ def limits(db: Any) -> dict[str, bool]:
 
 
 def survives_restart(command: Callable[[int, Path], list[str]], port: int, state: Path) -> bool:
-    with server(command(port, state), port):
+    with serve(command(port, state), port):
         db = client(port)
         create_table(db)
         db.put_item(TableName=TABLE, Item=item(1))
-    with server(command(port, state), port):
+    with serve(command(port, state), port):
         try:
             key = {k: item(1)[k] for k in ("PK", "SK")}
             found = client(port).get_item(TableName=TABLE, Key=key)
@@ -265,7 +231,7 @@ def bench(
 ) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix=f"endpoint-{name}-"))
     result: dict[str, Any] = {"sizes": {}}
-    with server(command(port, folder / "state.db"), port):
+    with serve(command(port, folder / "state.db"), port):
         db = client(port)
         create_table(db)
         loaded = 0

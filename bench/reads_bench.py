@@ -1,16 +1,16 @@
 """Read latency per access pattern on each store, through the read path's two stores
 (``PostgresReads`` and ``DynamoReads``, which ``ReadPath`` routes to by phase).
 
-    .venv/bin/replicator stack up          # PostgreSQL (the bench starts its own moto)
+    .venv/bin/replicator stack up          # PostgreSQL (the bench starts its own endpoint)
     .venv/bin/python bench/reads_bench.py [--logs 20000] [--payments 6000] [--reads 200]
 
 The data lives apart from the replicated tables, so it makes no CDC traffic: a schema of its own
 (``readsbench``: copies of dbo's four tables, with the indexes an application would keep for
-these patterns) and a moto server of its own (``--moto-port``), started and stopped here. Items
-are loaded into DynamoDB through the mapping (``to_item``), as the sink builds them. Each pattern
-is read ``--reads`` times per store (after a warm-up) with random parameters, one page of up to
-50 rows; every read's two answers are compared and any difference is counted. Prints a Markdown
-table of p50/p95 per pattern and store.
+these patterns) and a DynamoDB endpoint of its own (dynoxide, ``--endpoint-port``), started and
+stopped here. Items are loaded into DynamoDB through the mapping (``to_item``), as the sink
+builds them. Each pattern is read ``--reads`` times per store (after a warm-up) with random
+parameters, one page of up to 50 rows; every read's two answers are compared and any difference
+is counted. Prints a Markdown table of p50/p95 per pattern and store.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from own_moto import own_moto  # beside this file
+from own_endpoint import own_endpoint  # beside this file
 from psycopg.rows import dict_row
 
 from replicator.config import Settings, load_settings
@@ -210,12 +210,12 @@ def main() -> None:
     parser.add_argument("--payments", type=int, default=6_000)
     parser.add_argument("--customers", type=int, default=300)
     parser.add_argument("--reads", type=int, default=200)
-    parser.add_argument("--moto-port", type=int, default=58123)
+    parser.add_argument("--endpoint-port", type=int, default=28123)
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
     options = parser.parse_args()
     base = load_settings(None)
-    settings = bench_settings(base, options.moto_port)
-    with own_moto(options.moto_port):
+    settings = bench_settings(base, options.endpoint_port)
+    with own_endpoint(options.endpoint_port):
         run_all(options, base, settings)
 
 
@@ -229,7 +229,7 @@ def run_all(options: argparse.Namespace, base: Settings, settings: Settings) -> 
         postgres, dynamo = PostgresReads(settings), DynamoReads(settings)
         rng = random.Random(7)
         rows = [
-            "| pattern | PostgreSQL p50 | p95 | DynamoDB (moto) p50 | p95 | rows/read | differ |",
+            "| pattern | PostgreSQL p50 | p95 | DynamoDB p50 | p95 | rows/read | differ |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, make in cases(rng, conn, options.customers).items():
