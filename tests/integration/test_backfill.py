@@ -243,11 +243,8 @@ def test_beside_the_live_consumer_into_its_table_is_safe(
     same table: the position guard refuses every older copy (stale), nothing moves back.
 
     Its own source (database, connector, topics), so the replay covers exactly this test's
-    history, and no key moves: the local endpoint (moto) runs every TransactWriteItems on a
-    deep copy of the table and, when the transaction is cancelled (a stale key move, common in
-    a replay), puts that copy back, silently undoing writes other clients made meanwhile. Real
-    DynamoDB does not; key moves under replay are covered without a concurrent writer (the
-    crash-recovery test replays both topics from the beginning)."""
+    history, key moves included: a replayed key move is a cancelled (stale) transaction racing
+    the live consumer's writes to the same rows."""
     source = SecondSource(settings, "bfl")
     source.create()
     try:
@@ -262,12 +259,12 @@ def test_beside_the_live_consumer_into_its_table_is_safe(
         with psycopg.connect(dsn, autocommit=True) as conn:
             mine = Mine(conn, seed=202)
             # Before the live consumer: only the backfill brings these.
-            mine.write(logs=40, payments=40, key_moves=False)
+            mine.write(logs=40, payments=40, key_moves=True)
             consumer.start()
             logs = next(m for m in own.tables if m.source == "dbo.integrationlogs")
 
             def probe() -> bool:
-                mine.write(logs=1, payments=0, key_moves=False)
+                mine.write(logs=1, payments=0, key_moves=True)
                 time.sleep(1.0)
                 return len(mine.replica(dynamodb, logs)) > 0
 
@@ -278,7 +275,7 @@ def test_beside_the_live_consumer_into_its_table_is_safe(
                 with psycopg.connect(dsn, autocommit=True) as writer_conn:
                     writer = Mine(writer_conn, seed=203, like=mine)
                     while not stop.is_set():
-                        writer.write(logs=2, payments=2, key_moves=False)
+                        writer.write(logs=2, payments=2, key_moves=True)
                         time.sleep(0.1)
 
             thread = threading.Thread(target=keep_changing, daemon=True)
