@@ -821,8 +821,9 @@ def dlq_replay(
     reason: Annotated[str | None, typer.Option(help="All records with this reason.")] = None,
     all_records: Annotated[bool, typer.Option("--all", help="Every parked record.")] = False,
 ) -> None:
-    """Send parked records back to their source topics, once their cause is fixed. Records that
-    fail again are parked again; changes already superseded are skipped by the position guard."""
+    """Send parked records back to their source topics, each to the partition it came from,
+    once their cause is fixed. Records that fail again are parked again; changes already
+    superseded are skipped by the position guard."""
     from replicator.deadletter import replay
 
     if not refs and not reason and not all_records:
@@ -830,7 +831,7 @@ def dlq_replay(
     records = _parked(reason, refs)
     kafka = settings().kafka
     count = replay(kafka.bootstrap_servers, records, kafka.extra)
-    _say(f"replayed {count} record(s) to their source topics")
+    _say(f"replayed {count} record(s) to their source topics, each to its original partition")
 
 
 # --- phases ---------------------------------------------------------------------------------

@@ -228,30 +228,78 @@ def _parked(message: Message) -> Parked:
     )
 
 
+def replay_targets(records: list[Parked], partitions: dict[str, int]) -> list[tuple[str, int]]:
+    """Where each record goes back to: its source topic and its original partition
+    (``dlq.partition``), given the source topics' partition counts (a topic that no longer
+    exists is absent). Pure.
+
+    Connect partitioned the source topics with Java's murmur2 hash of the key; librdkafka's
+    default partitioner hashes differently, so a record produced without a partition could land
+    beside other rows and away from its own row's newer changes. Anything that cannot go back
+    where it came from refuses the whole replay, before anything is produced."""
+    targets: list[tuple[str, int]] = []
+    problems: list[str] = []
+    for record in records:
+        topic, partition = record.source_topic, record.source_partition
+        if not topic:
+            problems.append(f"{record.ref}: no dlq.topic header")
+        elif partition < 0:
+            problems.append(f"{record.ref}: no dlq.partition header")
+        elif topic not in partitions:
+            problems.append(f"{record.ref}: topic {topic} no longer exists")
+        elif partition >= partitions[topic]:
+            problems.append(
+                f"{record.ref}: {topic} has no partition {partition} any more "
+                f"(it has {partitions[topic]})"
+            )
+        else:
+            targets.append((topic, partition))
+    if problems:
+        shown = "; ".join(problems[:10]) + (
+            f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise ReplicatorError(
+            f"replay refused, nothing was replayed: {len(problems)} record(s) cannot go back to "
+            f"their original partition: {shown}"
+        )
+    return targets
+
+
 def replay(
     bootstrap_servers: str, records: list[Parked], extra: dict[str, str] | None = None
 ) -> int:
-    """Produce the original bytes again to their source topics, for the consumers to apply now
-    that the cause is fixed. Safe to repeat: the position guard drops anything already newer."""
+    """Produce the original bytes again to their source topics, each to the partition it came
+    from, for the consumers to apply now that the cause is fixed. Safe to repeat: the position
+    guard drops anything already newer."""
     producer = Producer(
         {
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,
+            # Asking for a missing topic's metadata must not create it (the producer's default).
+            "allow.auto.create.topics": False,
             **connection_settings(extra or {}),
         }
     )
+    partitions: dict[str, int] = {}
+    try:
+        for topic in sorted({r.source_topic for r in records if r.source_topic}):
+            metadata = producer.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is not None and metadata.error is None:
+                partitions[topic] = len(metadata.partitions)
+    except KafkaException as exc:
+        raise ReplicatorError(f"replay: cannot read the source topics' partitions: {exc}") from exc
+    targets = replay_targets(records, partitions)
     errors: list[KafkaError] = []
 
     def delivered(error: KafkaError | None, _message: Any) -> None:
         if error is not None:
             errors.append(error)
 
-    for record in records:
-        if not record.source_topic:
-            raise ReplicatorError(f"record {record.ref} has no dlq.topic header: cannot replay")
+    for record, (topic, partition) in zip(records, targets, strict=True):
         producer.produce(
-            record.source_topic,
+            topic,
+            partition=partition,
             key=record.key,
             value=record.value,
             headers=[("dlq.replayed_from", record.ref.encode())],
