@@ -18,7 +18,11 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from replicator.errors import ReplicatorError
+from replicator.config import KafkaSettings, Settings
+from replicator.decode import decode
+from replicator.errors import DecodeError, ReplicatorError
+from replicator.events import Origin, Skip
+from replicator.horizon import cutoff_ms
 
 log = structlog.get_logger("replicator.deadletter")
 
@@ -87,29 +91,29 @@ class DeadLetters:
             )
 
 
+def dead_letter_topic_config(kafka: KafkaSettings) -> dict[str, str]:
+    """The dead-letter topic's configs when the replicator creates it: kept for a long time (it
+    is evidence), but not beyond the delete markers' life (replicator.horizon checks that)."""
+    return {
+        "retention.ms": str(kafka.dead_letter_retention_ms),
+        "max.message.bytes": str(MAX_PARKED_BYTES),
+    }
+
+
 def ensure_topic(
-    bootstrap_servers: str,
-    topic: str,
+    kafka: KafkaSettings,
     partitions: int = 1,
     extra: dict[str, str] | None = None,
 ) -> None:
-    """Create the dead-letter topic if missing (kept for a long time: it is evidence)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
+    """Create the dead-letter topic if missing."""
+    topic = kafka.dead_letter_topic
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, **(extra or {})})
     try:
         if topic in admin.list_topics(timeout=10).topics:
             _check_size_limit(admin, topic)
             return
         futures = admin.create_topics(
-            [
-                NewTopic(
-                    topic,
-                    partitions,
-                    config={
-                        "retention.ms": str(30 * 86_400_000),
-                        "max.message.bytes": str(MAX_PARKED_BYTES),
-                    },
-                )
-            ]
+            [NewTopic(topic, partitions, config=dead_letter_topic_config(kafka))]
         )
         futures[topic].result(timeout=30)
     except KafkaException as exc:
@@ -226,6 +230,35 @@ def _parked(message: Message) -> Parked:
         key=message.key(),
         value=message.value(),
     )
+
+
+def split_by_horizon(
+    records: list[Parked], settings: Settings, now_ms: int
+) -> tuple[list[Parked], list[Parked]]:
+    """The records a replay may send back, and those it refuses: a change whose source commit
+    time is older than its table's no-resurrection horizon (tombstone_days). Its row may have
+    been deleted since and the delete marker expired, and the guard would then let it bring the
+    row back. Records that cannot write anything (undecodable, no change, no table mapped here)
+    go back: the consumer parks or skips them again. Pure."""
+    by_topic = {settings.topic_of(m): m for m in settings.tables}
+    kept: list[Parked] = []
+    refused: list[Parked] = []
+    for record in records:
+        mapping = by_topic.get(record.source_topic)
+        if mapping is None:
+            kept.append(record)
+            continue
+        origin = Origin(record.source_topic, record.source_partition, record.source_offset)
+        try:
+            event = decode(record.key, record.value, origin)
+        except DecodeError:
+            kept.append(record)
+            continue
+        if isinstance(event, Skip) or event.source_ts_ms >= cutoff_ms(mapping, now_ms):
+            kept.append(record)
+        else:
+            refused.append(record)
+    return kept, refused
 
 
 def replay_targets(records: list[Parked], partitions: dict[str, int]) -> list[tuple[str, int]]:

@@ -91,7 +91,13 @@ def test_bad_events_are_parked_with_reasons_and_good_ones_arrive(
         (
             "lookup-miss",
             orjson.dumps({"paymentid": 900007}),
-            create_record("dbo.payments", payment_row(paymentid=900007, loanid=missing_loan)).value,
+            # Committed now: it is replayed below, and a replay refuses changes older than
+            # the delete markers live.
+            create_record(
+                "dbo.payments",
+                payment_row(paymentid=900007, loanid=missing_loan),
+                ts_ms=int(time.time() * 1000),
+            ).value,
         ),
     ]
     # Over Kafka's 1 MB default: parking it needs the dead-letter topic to take it too.

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
-from replicator.deadletter import Parked, replay_targets
+import pytest
+from factories import create_record, log_row
+
+from replicator.config import Settings
+from replicator.deadletter import Parked, replay_targets, split_by_horizon
 from replicator.errors import ReplicatorError
+
+DAY = 86_400_000
 
 LOGS_TOPIC = "loans.dbo.integrationlogs"
 PAYMENTS_TOPIC = "loans.dbo.payments"
@@ -52,3 +58,25 @@ def test_a_missing_topic_or_origin_header_refuses_the_whole_replay() -> None:
         replay_targets([parked(2, partition=-1)], {LOGS_TOPIC: 3})
     with pytest.raises(ReplicatorError, match=r"0:3: no dlq\.topic header"):
         replay_targets([parked(3, topic="")], {LOGS_TOPIC: 3})
+
+
+def test_replay_leaves_out_records_older_than_their_tables_horizon() -> None:
+    # A delete marker lives tombstone_days: past that, an older change of a deleted row
+    # would bring it back, so such a record is not replayed.
+    settings = Settings()
+    horizon_days = settings.mapping_named("IntegrationLogs").tombstone_days
+    now_ms = 1_800_000_000_000
+
+    def aged(offset: int, age_days: float, **kwargs: object) -> Parked:
+        rec = create_record(
+            "dbo.integrationlogs", log_row(logid=offset), ts_ms=now_ms - int(age_days * DAY)
+        )
+        return replace(parked(offset), value=rec.value, key=rec.key, **kwargs)  # type: ignore[arg-type]
+
+    old = aged(1, horizon_days + 1)
+    recent = aged(2, horizon_days - 1)
+    undecodable = replace(parked(3), value=b"{not json")  # parked again: nothing written
+    unmapped = replace(aged(4, 400), source_topic="elsewhere.dbo.t")  # no table here
+    kept, refused = split_by_horizon([old, recent, undecodable, unmapped], settings, now_ms)
+    assert refused == [old]
+    assert kept == [recent, undecodable, unmapped]

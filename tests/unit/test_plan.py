@@ -378,7 +378,7 @@ def test_delete_is_a_guarded_marker_with_position_and_expiry() -> None:
                 "_pos": pos,
                 "_src_ms": {"N": str(write.source_ts_ms)},
                 "_deleted": {"BOOL": True},
-                "ExpiresAt": {"N": str(NOW_S + 7 * 86_400)},
+                "ExpiresAt": {"N": str(NOW_S + 40 * 86_400)},  # tombstone_days, 40 by default
             },
             "ConditionExpression": GUARD,
             "ExpressionAttributeNames": {"#pos": "_pos"},
