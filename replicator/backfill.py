@@ -6,7 +6,8 @@ command run again resumes from the offsets it committed; it stops at the topic's
 when it started (or follows live). Writes are throttled to a number of write units per second
 if asked, and, when the target is the table the live consumer writes, pause while the live
 group falls behind. Beside the live consumer it is safe by the position guard: an older copy
-of a row never overwrites a newer one, and a deleted row never comes back.
+of a row never overwrites a newer one, and, since a replay into the live table refuses events
+older than the no-resurrection horizon, a deleted row never comes back.
 """
 
 from __future__ import annotations
@@ -119,6 +120,28 @@ class Job:
     @property
     def shares_live_table(self) -> bool:
         return self.target.name == self.mapping.name
+
+    @property
+    def refuses_old_events(self) -> bool:
+        """Whether the replay refuses events older than the no-resurrection horizon (their
+        source commit time before now - tombstone_days, replicator.horizon).
+
+        Into the live table, yes: readers see it, and a row deleted longer ago than its marker
+        lives has no marker left, so an older event of it would pass the guard and bring it
+        back. Rows unchanged for longer are left as they are; `verify --repair` rewrites those
+        against PostgreSQL.
+
+        Into another table, no. Nobody reads it before it is verified (the hybrid-read gate),
+        and the replay applies each key's surviving history in partition order: compaction
+        never keeps an older record of a key without its newer ones, so an older upsert is
+        followed by the delete that superseded it (an expired marker of an earlier run of the
+        same replay is rewritten the same way). Refusing there would leave out every row not
+        changed within the horizon, which is the point of the load. One race is left: the log
+        cleaner removing a delete after the replay read the row's older upsert and before it
+        reached the delete leaves only the Kafka tombstone, which names no DynamoDB key; the
+        verify before cutover reports such an item.
+        """
+        return self.shares_live_table
 
 
 def group_for(settings: Settings, mapping: TableMapping, target: str) -> str:
@@ -283,6 +306,7 @@ class Summary:
     stale: int = 0  # refused by the position guard: a newer change was already stored
     skipped: int = 0
     dead_lettered: int = 0
+    refused: int = 0  # older than the no-resurrection horizon (into the live table only)
     seconds: float = 0.0
     finished: bool = False
     live: LiveLag | None = None
@@ -361,7 +385,16 @@ class Backfill:
                     if job.shares_live_table
                     else None
                 )
-                pipeline = build(own, source=source, before_write=self._gate(live))
+                try:
+                    pipeline = build(
+                        own,
+                        source=source,
+                        before_write=self._gate(live),
+                        refuse_older_than_horizon=job.refuses_old_events,
+                    )
+                except BaseException:
+                    source.close()
+                    raise
                 self.running.append(Running(job, source, pipeline, summary, live))
         except BaseException:
             self.close()
@@ -444,5 +477,6 @@ class Backfill:
             summary.stale = stats.stale
             summary.skipped = stats.skipped
             summary.dead_lettered = stats.dead_lettered
+            summary.refused = stats.refused
             summary.seconds = time.monotonic() - started
             summary.live = running.live.seen if running.live is not None else None

@@ -568,13 +568,24 @@ def backfill(
                 f"; live lag max {x.live.max_events} events / {x.live.max_seconds:.1f} s, "
                 f"paused {x.live.paused_s:.0f} s"
             )
+        refused = (
+            f", {x.refused} refused (older than the no-resurrection horizon)" if x.refused else ""
+        )
         out.print(
             f"{x.table} -> {x.target}: {state}, {x.events} events, {x.written} written, "
-            f"{x.stale} stale, {x.skipped} skipped, {x.dead_lettered} dead-lettered in "
+            f"{x.stale} stale, {x.skipped} skipped, {x.dead_lettered} dead-lettered{refused} in "
             f"{x.seconds:.1f} s ({x.rate:,.0f} events/s){live}",
             highlight=False,
             soft_wrap=True,
         )
+        if x.refused:
+            days = s.mapping_named(x.table).tombstone_days
+            _say(
+                f"{x.table}: {x.refused} event(s) committed more than {days} days ago "
+                "(tombstone_days) were not applied: their rows' delete markers may have expired, "
+                f"so they could bring deleted rows back. `replicator verify --table {x.table} "
+                "--repair` rewrites what still differs, against PostgreSQL"
+            )
     failed = [x for x in summaries if x.error]
     if failed:
         raise ReplicatorError(
@@ -825,16 +836,30 @@ def dlq_replay(
     reason: Annotated[str | None, typer.Option(help="All records with this reason.")] = None,
     all_records: Annotated[bool, typer.Option("--all", help="Every parked record.")] = False,
 ) -> None:
-    """Send parked records back to their source topics, once their cause is fixed. Records that
-    fail again are parked again; changes already superseded are skipped by the position guard."""
-    from replicator.deadletter import replay
+    """Send parked records back to their source topics, each to the partition it came from,
+    once their cause is fixed. Records that fail again are parked again; changes already
+    superseded are skipped by the position guard."""
+    import time
+
+    from replicator.deadletter import replay, split_by_horizon
 
     if not refs and not reason and not all_records:
         raise ReplicatorError("name records (PARTITION:OFFSET), --reason R, or --all")
     records = _parked(reason, refs)
-    kafka = settings().kafka
-    count = replay(kafka.bootstrap_servers, records, kafka.extra)
-    _say(f"replayed {count} record(s) to their source topics")
+    s = settings()
+    kept, refused = split_by_horizon(records, s, int(time.time() * 1000))
+    count = replay(s.kafka.bootstrap_servers, kept, s.kafka.extra) if kept else 0
+    _say(f"replayed {count} record(s) to their source topics, each to its original partition")
+    if refused:
+        horizons = ", ".join(f"{m.name} {m.tombstone_days} days" for m in s.tables)
+        shown = ", ".join(r.ref for r in refused[:20]) + (" ..." if len(refused) > 20 else "")
+        raise ReplicatorError(
+            f"{len(refused)} record(s) not replayed: their change was committed longer ago "
+            f"than its table's delete markers live (tombstone_days: {horizons}), so its row's "
+            "marker may have expired and the change could bring a deleted row back. Re-check "
+            "those rows against PostgreSQL instead (`replicator verify --table T --repair`). "
+            f"Not replayed: {shown}"
+        )
 
 
 # --- phases ---------------------------------------------------------------------------------

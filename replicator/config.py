@@ -64,6 +64,13 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:19092"
     group_id: str = "replicator"
     dead_letter_topic: str = "replicator.dead-letter"
+    dead_letter_retention_ms: int = Field(
+        30 * 86_400_000,
+        gt=0,
+        description="retention.ms of the dead-letter topic when the replicator creates it (30 "
+        "days: it is evidence); every table's tombstone_days must cover the topic's real "
+        "retention, or the consumer refuses to start",
+    )
     batch_size: int = Field(500, gt=0, description="records taken per poll")
     poll_timeout_s: float = Field(0.5, gt=0)
     extra: dict[str, str] = Field(default_factory=dict, description="librdkafka settings")
@@ -80,6 +87,20 @@ class ConnectorSettings(_Section):
     heartbeat_interval_ms: int = 10_000
     topic_partitions: int = Field(3, gt=0)
     replication_factor: int = Field(1, gt=0)
+    max_compaction_lag_ms: int = Field(
+        7 * 86_400_000,
+        gt=0,
+        description="max.compaction.lag.ms of the source topics Connect creates: a deleted "
+        "row's older events are compacted away within it (Kafka's default is never), which "
+        "with delete_retention_ms bounds what a replay of the topic can bring back; 7 days, "
+        "Kafka's default segment.ms",
+    )
+    delete_retention_ms: int = Field(
+        86_400_000,
+        gt=0,
+        description="delete.retention.ms of the source topics Connect creates: how long a "
+        "compacted-away row's Kafka tombstone stays (1 day, Kafka's default)",
+    )
     template: Path = Path("connectors/postgres-source.json")
     password_ref: str | None = Field(
         None,

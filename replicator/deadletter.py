@@ -18,7 +18,11 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from replicator.errors import ReplicatorError
+from replicator.config import KafkaSettings, Settings
+from replicator.decode import decode
+from replicator.errors import DecodeError, ReplicatorError
+from replicator.events import Origin, Skip
+from replicator.horizon import cutoff_ms
 
 log = structlog.get_logger("replicator.deadletter")
 
@@ -87,29 +91,29 @@ class DeadLetters:
             )
 
 
+def dead_letter_topic_config(kafka: KafkaSettings) -> dict[str, str]:
+    """The dead-letter topic's configs when the replicator creates it: kept for a long time (it
+    is evidence), but not beyond the delete markers' life (replicator.horizon checks that)."""
+    return {
+        "retention.ms": str(kafka.dead_letter_retention_ms),
+        "max.message.bytes": str(MAX_PARKED_BYTES),
+    }
+
+
 def ensure_topic(
-    bootstrap_servers: str,
-    topic: str,
+    kafka: KafkaSettings,
     partitions: int = 1,
     extra: dict[str, str] | None = None,
 ) -> None:
-    """Create the dead-letter topic if missing (kept for a long time: it is evidence)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
+    """Create the dead-letter topic if missing."""
+    topic = kafka.dead_letter_topic
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, **(extra or {})})
     try:
         if topic in admin.list_topics(timeout=10).topics:
             _check_size_limit(admin, topic)
             return
         futures = admin.create_topics(
-            [
-                NewTopic(
-                    topic,
-                    partitions,
-                    config={
-                        "retention.ms": str(30 * 86_400_000),
-                        "max.message.bytes": str(MAX_PARKED_BYTES),
-                    },
-                )
-            ]
+            [NewTopic(topic, partitions, config=dead_letter_topic_config(kafka))]
         )
         futures[topic].result(timeout=30)
     except KafkaException as exc:
@@ -228,30 +232,107 @@ def _parked(message: Message) -> Parked:
     )
 
 
+def split_by_horizon(
+    records: list[Parked], settings: Settings, now_ms: int
+) -> tuple[list[Parked], list[Parked]]:
+    """The records a replay may send back, and those it refuses: a change whose source commit
+    time is older than its table's no-resurrection horizon (tombstone_days). Its row may have
+    been deleted since and the delete marker expired, and the guard would then let it bring the
+    row back. Records that cannot write anything (undecodable, no change, no table mapped here)
+    go back: the consumer parks or skips them again. Pure."""
+    by_topic = {settings.topic_of(m): m for m in settings.tables}
+    kept: list[Parked] = []
+    refused: list[Parked] = []
+    for record in records:
+        mapping = by_topic.get(record.source_topic)
+        if mapping is None:
+            kept.append(record)
+            continue
+        origin = Origin(record.source_topic, record.source_partition, record.source_offset)
+        try:
+            event = decode(record.key, record.value, origin)
+        except DecodeError:
+            kept.append(record)
+            continue
+        if isinstance(event, Skip) or event.source_ts_ms >= cutoff_ms(mapping, now_ms):
+            kept.append(record)
+        else:
+            refused.append(record)
+    return kept, refused
+
+
+def replay_targets(records: list[Parked], partitions: dict[str, int]) -> list[tuple[str, int]]:
+    """Where each record goes back to: its source topic and its original partition
+    (``dlq.partition``), given the source topics' partition counts (a topic that no longer
+    exists is absent). Pure.
+
+    Connect partitioned the source topics with Java's murmur2 hash of the key; librdkafka's
+    default partitioner hashes differently, so a record produced without a partition could land
+    beside other rows and away from its own row's newer changes. Anything that cannot go back
+    where it came from refuses the whole replay, before anything is produced."""
+    targets: list[tuple[str, int]] = []
+    problems: list[str] = []
+    for record in records:
+        topic, partition = record.source_topic, record.source_partition
+        if not topic:
+            problems.append(f"{record.ref}: no dlq.topic header")
+        elif partition < 0:
+            problems.append(f"{record.ref}: no dlq.partition header")
+        elif topic not in partitions:
+            problems.append(f"{record.ref}: topic {topic} no longer exists")
+        elif partition >= partitions[topic]:
+            problems.append(
+                f"{record.ref}: {topic} has no partition {partition} any more "
+                f"(it has {partitions[topic]})"
+            )
+        else:
+            targets.append((topic, partition))
+    if problems:
+        shown = "; ".join(problems[:10]) + (
+            f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise ReplicatorError(
+            f"replay refused, nothing was replayed: {len(problems)} record(s) cannot go back to "
+            f"their original partition: {shown}"
+        )
+    return targets
+
+
 def replay(
     bootstrap_servers: str, records: list[Parked], extra: dict[str, str] | None = None
 ) -> int:
-    """Produce the original bytes again to their source topics, for the consumers to apply now
-    that the cause is fixed. Safe to repeat: the position guard drops anything already newer."""
+    """Produce the original bytes again to their source topics, each to the partition it came
+    from, for the consumers to apply now that the cause is fixed. Safe to repeat: the position
+    guard drops anything already newer."""
     producer = Producer(
         {
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,
+            # Asking for a missing topic's metadata must not create it (the producer's default).
+            "allow.auto.create.topics": False,
             **connection_settings(extra or {}),
         }
     )
+    partitions: dict[str, int] = {}
+    try:
+        for topic in sorted({r.source_topic for r in records if r.source_topic}):
+            metadata = producer.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is not None and metadata.error is None:
+                partitions[topic] = len(metadata.partitions)
+    except KafkaException as exc:
+        raise ReplicatorError(f"replay: cannot read the source topics' partitions: {exc}") from exc
+    targets = replay_targets(records, partitions)
     errors: list[KafkaError] = []
 
     def delivered(error: KafkaError | None, _message: Any) -> None:
         if error is not None:
             errors.append(error)
 
-    for record in records:
-        if not record.source_topic:
-            raise ReplicatorError(f"record {record.ref} has no dlq.topic header: cannot replay")
+    for record, (topic, partition) in zip(records, targets, strict=True):
         producer.produce(
-            record.source_topic,
+            topic,
+            partition=partition,
             key=record.key,
             value=record.value,
             headers=[("dlq.replayed_from", record.ref.encode())],

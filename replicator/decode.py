@@ -10,7 +10,8 @@ from replicator.errors import DecodeError
 from replicator.events import ChangeEvent, Op, Origin, Position, Skip
 
 _UPSERT_OPS = {"c", "u", "r"}
-# Debezium marks initial-snapshot reads with one of these; "incremental" reads are streamed.
+# Debezium marks initial-snapshot reads with one of these; "incremental" reads carry the
+# streaming position where their window closed.
 _INITIAL_SNAPSHOT_MARKS = {
     "true",
     "first",
@@ -73,7 +74,7 @@ def decode(key: bytes | None, value: bytes | None, origin: Origin) -> ChangeEven
         key=key_row,
         row=row,
         before=before if op == "u" else None,
-        position=_position(source, initial_snapshot),
+        position=_position(source, initial_snapshot, read=op == "r"),
         source_ts_ms=ts_ms if isinstance(ts_ms, int) else 0,
         snapshot=op == "r",
         origin=origin,
@@ -87,19 +88,49 @@ def _loads(data: bytes, what: str) -> Any:
         raise DecodeError(f"{what} is not JSON: {exc}") from exc
 
 
-def _position(source: dict[str, Any], initial_snapshot: bool) -> Position:
+def _position(source: dict[str, Any], initial_snapshot: bool, read: bool) -> Position:
+    """Where the event sits in commit order; DecodeError (the event parks) when the source block
+    does not say, rather than a guess that could rank it wrongly for good."""
     lsn = source.get("lsn")
+    if initial_snapshot:
+        if not _is_lsn(lsn):
+            raise DecodeError("source block has no LSN")
+        # The lowest rank: any streamed change of the row is newer than the snapshot's copy.
+        return Position(last_commit=0, streamed=0, lsn=lsn)
+    if source.get("sequence") is None:
+        raise DecodeError(
+            "source block has no source.sequence [lastCommitLsn, lsn]: the change's place in "
+            "commit order is unknown"
+        )
+    last_commit, sequence_lsn = _sequence(source)
     if lsn is None and str(source.get("snapshot", "")).lower() == "incremental":
         # Debezium 3.6 (pgoutput) sends incremental-snapshot reads with "lsn": null and
         # "sequence": [x, x], x being where the read's window closed: the read ranks there.
-        lsn = _sequence(source)[1]
-    if not isinstance(lsn, int) or lsn < 0:
+        lsn = sequence_lsn
+    if not _is_lsn(lsn):
         raise DecodeError("source block has no LSN")
-    if initial_snapshot:
-        # The lowest rank: any streamed change of the row is newer than the snapshot's copy.
-        return Position(last_commit=0, streamed=0, lsn=lsn)
-    last_commit = _sequence(source)[0] or 0
-    return Position(last_commit=last_commit, streamed=1, lsn=lsn)
+    if sequence_lsn != lsn:
+        raise DecodeError(
+            f"source.sequence {source.get('sequence')!r} does not end with the change's LSN {lsn}"
+        )
+    if last_commit is not None and not _is_lsn(last_commit):
+        raise DecodeError(f"source.sequence {source.get('sequence')!r}: {last_commit} is no LSN")
+    if last_commit is None:
+        # A new connector's offsets start with no last commit (Debezium's initialContext), so
+        # the first transaction it streams carries [null, lsn] until its COMMIT. Every later
+        # transaction's lastCommitLsn is at least that COMMIT's end, past all of its changes'
+        # LSNs; so its own LSN ranks the change below them, and above every transaction that
+        # committed before the change was written. 0 would rank it below everything an earlier
+        # connector (a renamed one, a recreated slot) ever stored, and the guard would drop it.
+        last_commit = lsn
+    # A read (an incremental snapshot's copy of the row) ranks below a change at the same
+    # place: there the change is the first of the next transaction, so it is the newer.
+    return Position(last_commit=last_commit, streamed=0 if read else 1, lsn=lsn)
+
+
+def _is_lsn(value: Any) -> bool:
+    """A PostgreSQL LSN: 64 bits unsigned (Position.encode is fixed-width on that)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
 
 
 def _sequence(source: dict[str, Any]) -> tuple[int | None, int | None]:

@@ -26,11 +26,17 @@ class Position:
     and ``lsn`` grows inside one. Rows written by one multi-row statement may share an LSN, but
     they are different rows, so per row the pair is a total order.
 
+    ``streamed`` is 1 for a change (insert, update, delete) and 0 for a read of a snapshot.
     An initial-snapshot read is ``(0, 0, lsn)``: it shows the row as of the snapshot, so any
-    streamed change of that row (``streamed=1``) is newer, even one whose own LSN is below the
-    snapshot's (a transaction that began before the snapshot and committed after it). A snapshot
-    read therefore never overwrites a streamed item; incremental snapshots are streamed events
-    with real positions and do.
+    streamed change of that row is newer, even one whose own LSN is below the snapshot's (a
+    transaction that began before the snapshot and committed after it). A snapshot read
+    therefore never overwrites a streamed item. An incremental-snapshot read is
+    ``(last_commit, 0, lsn)`` at the streaming position where its window closed: newer than
+    every change before it and every initial-snapshot read, older than a change at the same
+    ``[last_commit, lsn]`` (the first change of the next transaction can start exactly there).
+
+    The text encoding is the one items have always carried in ``_pos``; only which rank an
+    event gets has changed, so stored items compare with new positions as they always did.
     """
 
     last_commit: int

@@ -103,7 +103,14 @@ class TableMapping(_Frozen):
     lookups: list[Lookup] = Field(default_factory=list)
     ttl_attribute: str = "ExpiresAt"
     retention: Retention | None = None
-    tombstone_days: int = Field(default=7, gt=0, description="how long delete markers are kept")
+    tombstone_days: int = Field(
+        default=40,
+        gt=0,
+        description="how long delete markers are kept: the no-resurrection horizon. It must "
+        "cover the dead-letter topic's retention and the source topic's max.compaction.lag.ms "
+        "+ delete.retention.ms (checked at start); 40 days covers the defaults, 30 and 7 + 1 "
+        "days, with room for Kafka deleting a segment only once all of it is past retention",
+    )
     _types: dict[str, ColumnType] = PrivateAttr(default_factory=dict)
     large_items: Literal["compress", "dead-letter"] = Field(
         "compress",

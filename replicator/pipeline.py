@@ -27,6 +27,7 @@ from replicator.errors import (
 )
 from replicator.events import ChangeEvent, Op, Origin, Skip
 from replicator.health import Health
+from replicator.horizon import check_horizon, cutoff_ms, read_limits
 from replicator.lookup import Lookups
 from replicator.mapping import TableMapping, item_key, to_item
 from replicator.metrics import Metrics
@@ -43,6 +44,7 @@ class Stats:
     applied: int = 0
     stale: int = 0
     dead_lettered: int = 0
+    refused: int = 0  # older than the no-resurrection horizon (replays into a live table)
     batches: int = 0
     last_record_at: float = field(default_factory=time.monotonic)
 
@@ -58,6 +60,7 @@ class Pipeline:
         metrics: Metrics | None = None,
         health: Health | None = None,
         before_write: Callable[[list[Write]], None] | None = None,
+        refuse_older_than_horizon: bool = False,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -71,6 +74,10 @@ class Pipeline:
         # Called with each batch's writes before they go out: a backfill's rate limit and its
         # yielding to the live consumer. It may wait; it must not change the writes.
         self.before_write = before_write
+        # A replay into a table that readers see: an event older than the table's delete
+        # markers live could bring a deleted row back (replicator.horizon). The live consumer
+        # reads each row's changes in order, its delete after them: it refuses nothing.
+        self.refuse_older_than_horizon = refuse_older_than_horizon
         self.stopping = threading.Event()
         self._dead_lettered: Counter[str] = Counter()  # this batch's, per table
 
@@ -180,6 +187,8 @@ class Pipeline:
     def _changes(self, messages: list[Message]) -> tuple[list[Change], Counter[str]]:
         decoded: list[tuple[Message, TableMapping, ChangeEvent]] = []
         skipped: Counter[str] = Counter()
+        refused: Counter[str] = Counter()
+        now_ms = int(time.time() * 1000)
         for message in messages:
             topic = message.topic() or ""
             origin = Origin(topic, message.partition() or 0, message.offset() or 0)
@@ -203,7 +212,18 @@ class Pipeline:
                     f"event of {event.table!r} on the topic of {mapping.source!r}",
                 )
                 continue
+            if self.refuse_older_than_horizon and event.source_ts_ms < cutoff_ms(mapping, now_ms):
+                refused[mapping.name] += 1
+                continue
             decoded.append((message, mapping, event))
+        for table, count in refused.items():
+            log.warning(
+                "events older than the no-resurrection horizon not applied",
+                table=table,
+                refused=count,
+            )
+            self.stats.refused += count
+            skipped[table] += count  # in the metrics: consumed = applied + stale + skipped + ...
 
         for mapping in {id(m): m for _, m, _ in decoded}.values():
             rows = [r for _, m, e in decoded if m is mapping for r in (e.row, e.before) if r]
@@ -279,13 +299,20 @@ def build(
     health: Health | None = None,
     source: KafkaSource | None = None,
     before_write: Callable[[list[Write]], None] | None = None,
+    refuse_older_than_horizon: bool = False,
 ) -> Pipeline:
-    """Wire the stages from the settings; a replay passes its own (bounded) source."""
+    """Wire the stages from the settings; a replay passes its own (bounded) source. Refuses to
+    start when a table's delete markers would expire before Kafka lets go of what could bring
+    its deleted rows back (replicator.horizon)."""
     from replicator.dynamo import dynamodb_writer
 
     topics = [settings.topic_of(t) for t in settings.tables]
     if not topics:
         raise ReplicatorError("no tables are mapped: nothing to consume")
+    kafka = settings.kafka
+    connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
+    ensure_topic(kafka, extra=connection)
+    check_horizon(settings, read_limits(settings))  # before anything joins or connects
     if source is None:
         source = KafkaSource(settings.kafka, topics, group_id)
     sink = DynamoSink(
@@ -293,8 +320,15 @@ def build(
         settings.dynamodb.concurrency,
     )
     lookups = Lookups(settings.postgres.lookups())
-    kafka = settings.kafka
-    connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
-    ensure_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, extra=connection)
     dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
-    return Pipeline(settings, source, sink, lookups, dead_letters, metrics, health, before_write)
+    return Pipeline(
+        settings,
+        source,
+        sink,
+        lookups,
+        dead_letters,
+        metrics,
+        health,
+        before_write,
+        refuse_older_than_horizon,
+    )

@@ -2,10 +2,11 @@
 
 Every write carries the source position of the change it applies, and is conditional on the
 stored position being older (or absent), so redelivery and replays never move an item back.
-A batch is first collapsed per source row (last change wins, every key the row left in the
-batch gets a delete marker), then written concurrently: one conditional request per row, or one
-transaction per key move. A failed condition means a newer change is already stored: the
-write is stale and skipped, which is the point of the guard.
+A batch is first collapsed per source row (the change with the newest source position wins,
+whatever the arrival order; every other key the row occupied in the batch gets a delete marker),
+then written concurrently: one conditional request per row, or one transaction per key move. A
+failed condition means a newer change is already stored: the write is stale and skipped, which
+is the point of the guard.
 """
 
 from __future__ import annotations
@@ -113,19 +114,22 @@ def _key_id(key: Item) -> tuple[tuple[str, str], ...]:
 def plan(changes: Iterable[Change]) -> list[Write]:
     """Collapse a batch per source row, keeping every vacated key as a delete marker.
 
-    Changes arrive in partition order, and one row always lives in one partition, so the last
-    change of a row is its newest. A row that moved between keys inside the batch (k1 -> k2 -> k3)
-    must leave no item at k1 or k2: each key it touched, other than its final one, gets a
-    delete marker at the final change's position.
+    The row's newest change is the one with the newest source position, not the last to
+    arrive: a `dlq replay`, or Debezium redelivering after a connector restart, puts an older
+    change after newer ones in the partition. Arrival order only breaks exact ties (one change
+    delivered twice). A row that moved between keys inside the batch (k1 -> k2 -> k3, in any
+    arrival order) must leave no item at k1 or k2: each key it occupied at any change of the
+    batch, other than the newest change's, gets a delete marker at the newest position.
     """
     rows: dict[tuple[str, tuple[tuple[str, Any], ...]], list[Change]] = {}
     for change in changes:
         rows.setdefault(_row_id(change), []).append(change)
     writes: list[Write] = []
-    for history in rows.values():
+    for arrived in rows.values():
+        history = sorted(arrived, key=lambda c: c.event.position)  # stable: ties keep arrival
         final = history[-1]
         event = final.event
-        origins = tuple(c.event.origin for c in history)
+        origins = tuple(c.event.origin for c in arrived)
         item, keep = _fill_kept(history)
         writes.append(
             Write(
@@ -159,9 +163,10 @@ def plan(changes: Iterable[Change]) -> list[Write]:
 
 
 def _fill_kept(history: list[Change]) -> tuple[Item | None, frozenset[str]]:
-    """The last change's item, with each value it did not send (TOAST) taken from the newest
-    earlier change of the batch that sent it: the stored item is older than the whole batch,
-    so keeping the stored value would lose that earlier change."""
+    """The newest change's item, with each value it did not send (TOAST) taken from the newest
+    older change of the batch that sent it (``history`` is in position order, so a newer change
+    is never used). In partition order those changes are newer than the stored item, so keeping
+    the stored value would lose them."""
     final = history[-1]
     if final.item is None or not final.keep:
         return final.item, final.keep

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import string
+import time
 import uuid
 from typing import Any
 
@@ -90,7 +91,13 @@ def test_bad_events_are_parked_with_reasons_and_good_ones_arrive(
         (
             "lookup-miss",
             orjson.dumps({"paymentid": 900007}),
-            create_record("dbo.payments", payment_row(paymentid=900007, loanid=missing_loan)).value,
+            # Committed now: it is replayed below, and a replay refuses changes older than
+            # the delete markers live.
+            create_record(
+                "dbo.payments",
+                payment_row(paymentid=900007, loanid=missing_loan),
+                ts_ms=int(time.time() * 1000),
+            ).value,
         ),
     ]
     # Over Kafka's 1 MB default: parking it needs the dead-letter topic to take it too.
@@ -194,3 +201,90 @@ def test_bad_events_are_parked_with_reasons_and_good_ones_arrive(
     key = {"CustomerId": {"N": "777002"}, "PaymentDateId": {"S": "2024-02-01#0000900007"}}
     wait_for(lambda: visible(get_item(dynamodb, payments, key)), 60, what="replayed payment")
     assert consumer.stop() == 0
+
+
+def _partition_records(bootstrap_servers: str, topic: str, partitions: int) -> dict[int, list]:
+    """Every record of each partition of a topic, up to its end."""
+    from confluent_kafka import Consumer as KafkaConsumer
+    from confluent_kafka import TopicPartition
+
+    probe = KafkaConsumer(
+        {"bootstrap.servers": bootstrap_servers, "group.id": "dlq-partition-probe", "log_level": 3}
+    )
+    found: dict[int, list] = {}
+    try:
+        for partition in range(partitions):
+            tp = TopicPartition(topic, partition, 0)
+            low, high = probe.get_watermark_offsets(tp, timeout=10)
+            found[partition] = []
+            if high == low:
+                continue
+            probe.assign([tp])
+            while len(found[partition]) < high - low:
+                message = probe.poll(10)
+                assert message is not None, f"{topic}[{partition}] did not deliver"
+                if message.error() is None:
+                    found[partition].append(message)
+    finally:
+        probe.close()
+    return found
+
+
+def test_replay_goes_back_to_the_original_partition(
+    consumer_factory: Any, settings: Settings
+) -> None:
+    """Connect partitions the source topics with Java's murmur2 hash of the key, librdkafka
+    with another hash: a replay names the partition each record came from (dlq.partition), so a
+    replayed change stays in its row's partition. One whose partition is gone refuses the whole
+    replay, and nothing is produced."""
+    prefix = f"dlqpart{uuid.uuid4().hex[:6]}"
+    dead_letter_topic = f"{prefix}.dead-letter"
+
+    def isolate(data: dict[str, Any]) -> None:
+        data["connector"]["topic_prefix"] = prefix
+        data["kafka"]["dead_letter_topic"] = dead_letter_topic
+
+    consumer, _own = consumer_factory("_dlqpart", isolate)
+    logs_topic = f"{prefix}.dbo.integrationlogs"
+    bootstrap = settings.kafka.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(logs_topic, 3), NewTopic(dead_letter_topic, 1)]
+    ).values():
+        future.result(30)
+
+    # One key parked from each of the three partitions: whatever partition librdkafka's hash
+    # would give the key, two of them differ from it. And one from a partition that is gone.
+    row = log_row(logid=910001)
+    parked = create_record("dbo.integrationlogs", row, ts_ms=int(time.time() * 1000))
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for partition in (0, 1, 2, 7):
+        producer.produce(
+            dead_letter_topic,
+            key=parked.key,
+            value=parked.value,
+            headers=[
+                ("dlq.reason", b"lookup-miss"),
+                ("dlq.error", b"test"),
+                ("dlq.topic", logs_topic.encode()),
+                ("dlq.partition", str(partition).encode()),
+                ("dlq.offset", b"0"),
+                ("dlq.time_ms", str(int(time.time() * 1000)).encode()),
+            ],
+        )
+    assert producer.flush(30) == 0
+
+    runner = CliRunner()
+    config = str(consumer.config)
+    refused = runner.invoke(app, ["--config", config, "dlq", "replay", "--all"])
+    assert refused.exit_code == 1, refused.output
+    assert "has no partition 7" in refused.output and "nothing was replayed" in refused.output
+    assert all(not r for r in _partition_records(bootstrap, logs_topic, 3).values())
+
+    replayed = runner.invoke(app, ["--config", config, "dlq", "replay", "0:0", "0:1", "0:2"])
+    assert replayed.exit_code == 0, replayed.output
+    landed = _partition_records(bootstrap, logs_topic, 3)
+    for partition, ref in ((0, "0:0"), (1, "0:1"), (2, "0:2")):
+        (message,) = landed[partition]
+        assert message.key() == parked.key and message.value() == parked.value
+        assert dict(message.headers())["dlq.replayed_from"] == ref.encode()

@@ -150,3 +150,10 @@ def test_live_yield_pauses_while_the_live_group_is_behind() -> None:
     stuck = LiveYield(s, "Payments", stopping, lag=lambda: (10**6, 0.0))
     stuck()
     assert stuck.seen.samples == 1
+
+
+def test_only_a_replay_into_the_live_table_refuses_events_older_than_the_horizon() -> None:
+    s = Settings()
+    (live,) = plan_jobs(s, ["Payments"], None)
+    (fresh,) = plan_jobs(s, ["Payments"], "Payments_v2")
+    assert live.refuses_old_events and not fresh.refuses_old_events

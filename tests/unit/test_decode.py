@@ -221,10 +221,11 @@ def test_initial_snapshot_read_loses_against_a_streamed_change(mark: str) -> Non
 
 
 def test_incremental_snapshot_read_has_a_streamed_position() -> None:
+    # Ranked as a read (streamed=0) at its streamed sequence: below a change at the same place.
     event = event_of(
         snapshot_record(LOGS, log_row(), snapshot="incremental", lsn=9000, last_commit=8800)
     )
-    assert event.position == Position(last_commit=8800, streamed=1, lsn=9000)
+    assert event.position == Position(last_commit=8800, streamed=0, lsn=9000)
     assert event.snapshot is True
 
 
@@ -245,7 +246,7 @@ def test_incremental_snapshot_read_without_lsn_ranks_at_its_sequence() -> None:
     )
     value["source"]["lsn"] = None
     read = event_of(record(LOGS, value, {"logid": row["logid"]}))
-    assert read.position == Position(last_commit=1147606008, streamed=1, lsn=1147606008)
+    assert read.position == Position(last_commit=1147606008, streamed=0, lsn=1147606008)
     earlier = event_of(update_record(LOGS, row, row, lsn=1147605000, last_commit=1147604000))
     later = event_of(update_record(LOGS, row, row, lsn=1147606100, last_commit=1147606008))
     assert earlier.position < read.position < later.position
@@ -254,10 +255,86 @@ def test_incremental_snapshot_read_without_lsn_ranks_at_its_sequence() -> None:
         decode(orjson.dumps({"logid": row["logid"]}), orjson.dumps(value), Origin("t", 0, 0))
 
 
-def test_streamed_event_without_sequence_still_orders_by_lsn() -> None:
-    first = event_of(create_record(LOGS, log_row(), lsn=1000, sequence=None))
-    second = event_of(update_record(LOGS, log_row(), log_row(), lsn=1100, sequence=None))
-    assert first.position < second.position
+def test_incremental_snapshot_read_ranks_below_a_streamed_change_at_the_same_position() -> None:
+    # Both at [x, x]: the read closed its window at a commit ending at x; the change is the
+    # first of the next transaction, whose record starts right there. The change is newer.
+    row = log_row()
+    value = envelope(
+        "r", LOGS, None, row, snapshot="incremental", sequence='["1147606008","1147606008"]'
+    )
+    value["source"]["lsn"] = None
+    read = event_of(record(LOGS, value, {"logid": row["logid"]}))
+    change = event_of(update_record(LOGS, row, row, lsn=1147606008, last_commit=1147606008))
+    assert read.position < change.position
+    assert read.position.encode() < change.position.encode()
+
+
+@pytest.mark.parametrize("mark", INITIAL_SNAPSHOT_MARKS)
+def test_incremental_snapshot_read_ranks_above_every_initial_snapshot_read(mark: str) -> None:
+    initial = event_of(snapshot_record(LOGS, log_row(), snapshot=mark, lsn=2**63))
+    read = event_of(
+        snapshot_record(LOGS, log_row(), snapshot="incremental", lsn=9000, last_commit=8800)
+    )
+    assert initial.position < read.position
+
+
+def test_first_streamed_change_of_a_new_connector_ranks_at_its_own_lsn() -> None:
+    # Debezium 3.6 starts a new connector's offsets with no last commit (initialContext), so
+    # until the first COMMIT it streams, its changes carry [null, lsn]. Every later transaction's
+    # lastCommitLsn is at least that transaction's commit end, past all of its changes' LSNs.
+    first = event_of(update_record(LOGS, log_row(), log_row(), lsn=5000, sequence='[null,"5000"]'))
+    assert first.position == Position(last_commit=5000, streamed=1, lsn=5000)
+    same_tx = event_of(
+        update_record(LOGS, log_row(), log_row(), lsn=5100, sequence='[null,"5100"]')
+    )
+    next_tx = event_of(update_record(LOGS, log_row(), log_row(), lsn=5150, last_commit=5200))
+    assert first.position < same_tx.position < next_tx.position
+    # Newer than what an earlier connector (slot) of the same database stored: those
+    # transactions committed before this one's changes were written.
+    before = event_of(update_record(LOGS, log_row(), log_row(), lsn=4900, last_commit=4800))
+    assert before.position < first.position
+    initial = event_of(snapshot_record(LOGS, log_row(), lsn=6000))
+    assert initial.position < first.position
+
+
+def test_streamed_change_without_sequence_is_refused() -> None:
+    # Without lastCommitLsn the change's place in commit order cannot be known.
+    with pytest.raises(DecodeError, match=r"no source\.sequence"):
+        decoded(create_record(LOGS, log_row(), lsn=1000, sequence=None))
+    with pytest.raises(DecodeError, match=r"no source\.sequence"):
+        decoded(snapshot_record(LOGS, log_row(), snapshot="incremental", lsn=10, sequence=None))
+
+
+def test_sequence_that_does_not_end_with_the_lsn_is_refused() -> None:
+    with pytest.raises(DecodeError, match="does not end with the change's LSN 1000"):
+        decoded(create_record(LOGS, log_row(), lsn=1000, sequence='["900","1100"]'))
+    with pytest.raises(DecodeError, match="does not end with the change's LSN 1000"):
+        decoded(create_record(LOGS, log_row(), lsn=1000, sequence='["900",null]'))
+    with pytest.raises(DecodeError, match="-5 is no LSN"):
+        decoded(create_record(LOGS, log_row(), lsn=1000, sequence='["-5","1000"]'))
+
+
+def test_incremental_snapshot_read_with_no_lsn_anywhere_is_refused() -> None:
+    for sequence in ('["1147606008",null]', "[null,null]"):
+        value = envelope("r", LOGS, None, log_row(), snapshot="incremental", sequence=sequence)
+        value["source"]["lsn"] = None
+        with pytest.raises(DecodeError, match="no LSN"):
+            decoded(record(LOGS, value, {"logid": 1}))
+
+
+def test_the_encoding_of_stored_positions_is_unchanged() -> None:
+    # Items in DynamoDB carry `_pos` as `{last_commit:016x}.{streamed}.{lsn:016x}`; new
+    # positions use the same text, so old and new compare in one order.
+    assert Position(0x1000, 1, 0x2000).encode() == "0000000000001000.1.0000000000002000"
+    assert Position(0, 0, 0x2000).encode() == "0000000000000000.0.0000000000002000"
+    read = event_of(
+        snapshot_record(LOGS, log_row(), snapshot="incremental", lsn=0x2000, last_commit=0x1000)
+    )
+    assert (
+        "0000000000000fff.1.0000000000009999"  # a change of an earlier transaction
+        < read.position.encode()
+        < "0000000000001000.1.0000000000002000"  # a change at the read's own place
+    )
 
 
 @given(

@@ -264,8 +264,15 @@ def test_the_pod_loads_valid_settings_that_match_kafka_and_keda(
     assert "Read" in user[("group", group, "literal")]
     assert "Write" in user[("topic", s.kafka.dead_letter_topic, "literal")]
     assert not any("Create" in ops or "All" in ops for ops in user.values())
+    # At start it reads its topics' configs to check the no-resurrection horizon.
+    assert {n for (t, n, _), ops in user.items() if t == "topic" and "DescribeConfigs" in ops} == (
+        topics | {s.kafka.dead_letter_topic}
+    )
     topic = one(objects, "KafkaTopic")
     assert topic["spec"]["topicName"] == s.kafka.dead_letter_topic
+    retention = int(topic["spec"]["config"]["retention.ms"])
+    assert retention == s.kafka.dead_letter_retention_ms
+    assert all(m.tombstone_days * 86_400_000 >= retention for m in s.tables)
     # The dead-letter producer and admin client reach the same secured listener.
     connection = connection_settings(s.kafka.extra)
     assert connection["security.protocol"] == "SASL_SSL"

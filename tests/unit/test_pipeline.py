@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
 from factories import create_record, log_row, update_record
-from test_metrics import FakeDynamo, FakeMessage, pipeline
+from test_metrics import FakeDeadLetters, FakeDynamo, FakeMessage, FakeSource, NoLookups, pipeline
 
+from replicator.config import Settings
 from replicator.errors import LookupUnavailableError
+from replicator.pipeline import Pipeline
+from replicator.sink import DynamoSink
 
 LOGS = "dbo.integrationlogs"
 
@@ -51,3 +55,48 @@ def test_a_lookup_outage_waits_and_dead_letters_nothing() -> None:
     assert p.lookups.calls == 2  # type: ignore[attr-defined]
     assert p.dead_letters.parked == []  # type: ignore[attr-defined]
     assert p.stats.applied == 1
+
+
+# --- the no-resurrection horizon ------------------------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def _aged(logid: int, age_days: float) -> FakeMessage:
+    now_ms = int(time.time() * 1000)
+    return FakeMessage(
+        create_record(LOGS, log_row(logid=logid), ts_ms=now_ms - int(age_days * DAY_MS))
+    )
+
+
+def _replaying_pipeline(client: FakeDynamo, refuse: bool) -> Pipeline:
+    return Pipeline(
+        Settings(),
+        FakeSource(),  # type: ignore[arg-type]
+        DynamoSink(client, concurrency=2),
+        NoLookups(),  # type: ignore[arg-type]
+        FakeDeadLetters(),  # type: ignore[arg-type]
+        refuse_older_than_horizon=refuse,
+    )
+
+
+def test_a_replay_into_the_live_table_refuses_events_older_than_the_horizon() -> None:
+    # The row may have been deleted long ago and its marker expired: such an event would
+    # bring it back. It is counted and committed past, never written nor dead-lettered.
+    horizon = Settings().tables[0].tombstone_days
+    client = FakeDynamo()
+    p = _replaying_pipeline(client, refuse=True)
+    old, recent = _aged(8, horizon + 1), _aged(9, horizon - 1)
+    p.process([old, recent])
+    assert client.requests == 1
+    assert (p.stats.refused, p.stats.applied, p.stats.dead_lettered) == (1, 1, 0)
+    assert p.dead_letters.parked == []  # type: ignore[attr-defined]
+    assert p.source.consumer.commits  # type: ignore[attr-defined]
+
+
+def test_the_live_consumer_refuses_nothing_for_age() -> None:
+    # In partition order a row's delete comes after its older changes: nothing to refuse.
+    client = FakeDynamo()
+    p = _replaying_pipeline(client, refuse=False)
+    p.process([_aged(8, 400)])
+    assert client.requests == 1 and p.stats.refused == 0 and p.stats.applied == 1

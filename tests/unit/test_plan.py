@@ -247,6 +247,104 @@ def test_snapshot_read_and_insert_give_the_same_change_item() -> None:
     assert (read.key, read.item) == (insert.key, insert.item)
 
 
+# --- collapsing by source position, whatever the arrival order ------------------------------
+# A `dlq replay` or a Debezium redelivery after a connector restart puts an older change of a
+# row after newer ones, even inside one batch.
+
+
+def test_an_older_change_arriving_after_a_newer_one_does_not_win() -> None:
+    old, new = log_row(statuscode="100"), log_row(statuscode="200")
+    newer = change(update_record(LOGS, old, new, lsn=200, last_commit=190))
+    older = change(update_record(LOGS, old, old, lsn=100, last_commit=90))
+    (write,) = plan([newer, older])
+    assert write.item == newer.item
+    assert write.position == Position(190, 1, 200)
+    assert write.source_ts_ms == newer.event.source_ts_ms
+    assert set(write.origins) == {newer.event.origin, older.event.origin}
+
+
+def test_an_older_upsert_arriving_after_the_delete_leaves_the_delete_marker() -> None:
+    row = log_row(statuscode="100")
+    deleted = change(delete_record(LOGS, row, lsn=200, last_commit=190))
+    older = change(create_record(LOGS, row, lsn=100, last_commit=90))
+    (write,) = plan([deleted, older])
+    assert (write.key, write.item, write.position) == (deleted.key, None, Position(190, 1, 200))
+
+
+@pytest.mark.parametrize("arrival", [(0, 1), (1, 0)])
+def test_markers_cover_every_key_of_the_batch_whatever_the_arrival_order(
+    arrival: tuple[int, int],
+) -> None:
+    k1 = payment_row(paymentdate=days(2024, 2, 1))
+    k2 = payment_row(paymentdate=days(2024, 3, 1))
+    k3 = payment_row(paymentdate=days(2024, 4, 1))
+    changes = [
+        change(update_record(PAYMENTS, k1, k2, lsn=100, last_commit=90)),
+        change(update_record(PAYMENTS, k2, k3, lsn=200, last_commit=190)),
+    ]
+    newest = Position(190, 1, 200)
+    writes = plan([changes[i] for i in arrival])
+    assert sorted(summary(writes), key=repr) == sorted(
+        [
+            (payment_key(1, 2024, 4, 1), "put", newest),
+            (payment_key(1, 2024, 3, 1), "marker", newest),
+            (payment_key(1, 2024, 2, 1), "marker", newest),
+        ],
+        key=repr,
+    )
+    assert next(w for w in writes if w.item).item == changes[1].item
+
+
+def test_a_late_older_change_at_the_old_key_leaves_the_moved_row_at_its_new_key() -> None:
+    pending = payment_row(paymentdate=days(2024, 2, 1), paymentstatus="Pending")
+    done = payment_row(paymentdate=days(2024, 2, 1), paymentstatus="Completed")
+    moved = payment_row(paymentdate=days(2024, 3, 1), paymentstatus="Completed")
+    move = change(update_record(PAYMENTS, done, moved, lsn=200, last_commit=190))
+    older = change(update_record(PAYMENTS, pending, done, lsn=100, last_commit=90))
+    newest = Position(190, 1, 200)
+    assert sorted(summary(plan([move, older])), key=repr) == sorted(
+        [
+            (payment_key(1, 2024, 3, 1), "put", newest),
+            (payment_key(1, 2024, 2, 1), "marker", newest),
+        ],
+        key=repr,
+    )
+
+
+def test_a_toast_value_is_filled_from_the_newest_older_change_not_the_last_arrived() -> None:
+    oldest = log_row(requestdata='{"v":1}', statuscode="100")
+    middle = log_row(requestdata='{"v":2}', statuscode="200")
+    newest = log_row(requestdata=UNAVAILABLE, statuscode="300")
+    first = change(update_record(LOGS, None, oldest, lsn=100, last_commit=90))
+    second = change(update_record(LOGS, None, middle, lsn=200, last_commit=190))
+    third = change(update_record(LOGS, None, newest, lsn=300, last_commit=290))
+    (write,) = plan([second, third, first])  # the oldest replayed last
+    assert write.position == Position(290, 1, 300)
+    assert write.item is not None
+    assert write.item["StatusCode"] == {"S": "300"}
+    assert write.item["RequestData"] == {"S": '{"v":2}'}
+    assert not write.keep
+
+
+def test_a_toast_value_is_never_filled_from_a_newer_change() -> None:
+    # The newest change sent the value; an older one without it must not be the base.
+    older = log_row(requestdata=UNAVAILABLE, statuscode="100")
+    newer = log_row(requestdata='{"v":9}', statuscode="200")
+    late = change(update_record(LOGS, None, older, lsn=100, last_commit=90))
+    new = change(update_record(LOGS, None, newer, lsn=200, last_commit=190))
+    (write,) = plan([new, late])
+    assert write.item == new.item and not write.keep
+
+
+def test_exact_ties_of_position_are_broken_by_arrival() -> None:
+    # Two copies at one position are one change delivered twice; the later copy stands.
+    first = change(create_record(LOGS, log_row(statuscode="100"), lsn=100, last_commit=90))
+    again = change(create_record(LOGS, log_row(statuscode="101"), lsn=100, last_commit=90))
+    (write,) = plan([first, again])
+    assert write.item == again.item
+    assert write.origins == (first.event.origin, again.event.origin)
+
+
 # --- actions --------------------------------------------------------------------------------
 
 
@@ -280,7 +378,7 @@ def test_delete_is_a_guarded_marker_with_position_and_expiry() -> None:
                 "_pos": pos,
                 "_src_ms": {"N": str(write.source_ts_ms)},
                 "_deleted": {"BOOL": True},
-                "ExpiresAt": {"N": str(NOW_S + 7 * 86_400)},
+                "ExpiresAt": {"N": str(NOW_S + 40 * 86_400)},  # tombstone_days, 40 by default
             },
             "ConditionExpression": GUARD,
             "ExpressionAttributeNames": {"#pos": "_pos"},
