@@ -68,7 +68,7 @@ def test_a_fresh_endpoint_over_kept_kafka_data_rebuilds_the_replica(
     """Offsets of the live group say "applied" for records the new endpoint never saw: `up`
     must create the tables and forget those offsets, and say so."""
     topic = settings.kafka.dead_letter_topic  # any existing topic holds a committed offset
-    ensure_topic(settings.kafka.bootstrap_servers, topic)
+    ensure_topic(settings.kafka)
     group = settings.kafka.group_id
     committer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group})
     committer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
