@@ -236,6 +236,14 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
     }
 
 
+def _refused(result: SinkResult, unit: list[tuple[Write, Any]], reason: str) -> SinkResult:
+    """A unit DynamoDB refused: every write of it failed with the reason, none applied (a
+    cancelled transaction applies nothing; actions dropped as stale were not applied either)."""
+    result.applied = result.stale = 0
+    result.failed = [(write, reason) for write, _ in unit]
+    return result
+
+
 def _account(part: TableResult, response: dict[str, Any]) -> None:
     """Consumed write units and throttled attempts from a write's answer: one dict for a
     single write, a list (one per table) for a transaction. ``ThrottledAttempts`` is set by
@@ -359,8 +367,7 @@ class DynamoSink:
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code in _REFUSED_ITEM_CODES:
-                    result.failed += [(w, f"{code}: {exc}") for w, _ in pending]
-                    return result
+                    return _refused(result, unit, f"{code}: {exc}")
                 if code != "TransactionCanceledException":
                     raise SinkError(f"DynamoDB transaction failed: {exc}") from exc
                 reasons = exc.response.get("CancellationReasons") or []
@@ -372,7 +379,13 @@ class DynamoSink:
                 for pair, reason in zip(pending, reasons, strict=True):
                     reason_code = reason.get("Code") or "None"
                     if reason_code == "ConditionalCheckFailed":
-                        result.stale += 1  # a newer change is stored: skipping is the point
+                        # That key already holds a newer change of this same row (keys contain
+                        # the primary key: no other row writes there), applied whole by its own
+                        # write. The other actions stay guarded, so each lands only where
+                        # nothing newer is stored: every key ends with its newest change, as
+                        # if the events had come in order, and the newer change that beat this
+                        # one has already placed the row. So the rest may proceed without it.
+                        result.stale += 1
                     elif reason_code == "None":
                         retry.append(pair)
                     elif reason_code in _RETRYABLE_REASONS:
@@ -381,9 +394,10 @@ class DynamoSink:
                         if reason_code in _THROTTLE_REASONS:
                             result.table(pair[0].mapping.name).throttled += 1
                     else:
-                        result.failed.append(
-                            (pair[0], f"{reason_code}: {reason.get('Message', '')}")
-                        )
+                        # Refused (too large, an invalid value): retrying the rest alone would
+                        # apply the marker and leave the row at neither key. Park it all.
+                        message = reason.get("Message", "")
+                        return _refused(result, unit, f"{reason_code}: {message}")
                 pending = retry
                 if not must_wait:
                     continue  # only stale or refused actions dropped: retry the rest at once
