@@ -24,6 +24,7 @@ from replicator.errors import (
     MappingError,
     ReplicatorError,
     SinkError,
+    SystemicSinkError,
 )
 from replicator.events import ChangeEvent, Op, Origin, Skip
 from replicator.health import Health
@@ -131,7 +132,15 @@ class Pipeline:
                 # Never skip and never commit past an unwritten change: wait and try again.
                 self.metrics.sink_failures.inc()
                 self.health.write_failed(str(exc))
-                self._log_retry(messages, exc)
+                if isinstance(exc, SystemicSinkError):
+                    log.error(
+                        "DynamoDB refuses the batch for a reason retrying does not fix; "
+                        "nothing is committed and the consumer is not ready; the batch is "
+                        "retried until the cause is fixed",
+                        error=str(exc)[:300],
+                    )
+                else:
+                    self._log_retry(messages, exc)
                 if self.stopping.wait(2.0):
                     raise
                 self.health.turned()  # retrying is the loop at work: alive, not ready

@@ -32,6 +32,7 @@ from replicator.config import DynamoSettings, default_tables
 from replicator.decode import decode
 from replicator.dynamo import dynamodb_writer
 from replicator.dynamo_wire import DynamoWireClient
+from replicator.errors import SystemicSinkError
 from replicator.events import ChangeEvent
 from replicator.pipeline import to_change
 from replicator.sink import DynamoSink, plan
@@ -454,6 +455,106 @@ def test_dynamo_sink_counts_consumed_capacity_and_throttles_per_table(endpoint: 
     assert part.capacity == 1.0 + 2.0 + 4.0
     assert part.throttled == 2  # log 1's first attempt and the transaction's first try
     assert part.applied == 3
+
+
+# --- refusals, classified alike on both clients ----------------------------------------------
+
+
+def writer(kind: str, url: str) -> Any:
+    """The sink's writer of that kind, pointed at the fake endpoint."""
+    if kind == "wire":
+        return client(url)
+    return dynamodb_writer(DynamoSettings(endpoint_url=url, client="boto3"))
+
+
+# As DynamoDB words them (see replicator.sink.classify).
+ITEM_REFUSALS = [
+    ("ValidationException", "Item size has exceeded the maximum allowed size"),
+    (
+        "ValidationException",
+        "One or more parameter values are not valid. The AttributeValue for a key attribute "
+        "cannot contain an empty string value. Key: PK",
+    ),
+    (
+        "ValidationException",
+        "Number overflow. Attempting to store a number with magnitude larger than supported range",
+    ),
+    ("ItemCollectionSizeLimitExceededException", "Collection size exceeded."),
+]
+SYSTEMIC_REFUSALS = [
+    (
+        "ValidationException",
+        "One or more parameter values were invalid: Missing the key SK in the item",
+    ),
+    ("ValidationException", "The provided key element does not match the schema"),
+    (
+        "ValidationException",
+        "One or more parameter values were invalid: Type mismatch for key PK expected: N actual: S",
+    ),
+    ("ResourceNotFoundException", "Requested resource not found"),
+    ("AccessDeniedException", "User: arn:aws:iam::1:user/r is not authorized to perform PutItem"),
+    ("UnrecognizedClientException", "The security token included in the request is invalid."),
+    ("UnknownOperationException", ""),
+]
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+@pytest.mark.parametrize(("code", "message"), ITEM_REFUSALS)
+def test_an_item_level_refusal_parks_that_write_on_both_clients(
+    endpoint: Endpoint, kind: str, code: str, message: str
+) -> None:
+    def by_log(seen: Seen) -> Answer:
+        if seen.json["Item"]["LogId"] == {"N": "2"}:
+            return error(code, message)
+        return Answer()
+
+    endpoint.default = by_log
+    batch = _writes(create_record(LOGS, log_row(logid=1)), create_record(LOGS, log_row(logid=2)))
+    sink = DynamoSink(writer(kind, endpoint.url), concurrency=2)
+    try:
+        result = sink.write(batch)
+    finally:
+        sink.close()
+    assert result.applied == 1
+    assert [w.item["LogId"] for w, _ in result.failed if w.item] == [{"N": "2"}]
+    assert code in result.failed[0][1]
+    assert len(endpoint.seen) == 2  # never retried
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+@pytest.mark.parametrize(("code", "message"), SYSTEMIC_REFUSALS)
+def test_a_systemic_refusal_stops_the_batch_on_both_clients(
+    endpoint: Endpoint, kind: str, code: str, message: str
+) -> None:
+    endpoint.default = error(code, message)
+    batch = _writes(create_record(LOGS, log_row(logid=1)), create_record(LOGS, log_row(logid=2)))
+    sink = DynamoSink(writer(kind, endpoint.url), concurrency=2)
+    try:
+        with pytest.raises(SystemicSinkError) as caught:
+            sink.write(batch)
+    finally:
+        sink.close()
+    assert code in str(caught.value) and message in str(caught.value)
+    assert len(endpoint.seen) == 2  # each lane tried once; nothing parked, nothing retried
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_a_key_move_cancelled_for_a_systemic_reason_stops_the_batch(
+    endpoint: Endpoint, kind: str
+) -> None:
+    reasons = [
+        {"Code": "ValidationError", "Message": "Type mismatch for Index Key GSI1PK Expected: S"},
+        {"Code": "None"},
+    ]
+    endpoint.default = error("TransactionCanceledException", CancellationReasons=reasons)
+    moved = log_row(logid=4, servicename="EmailService")
+    sink = DynamoSink(writer(kind, endpoint.url), concurrency=1)
+    try:
+        with pytest.raises(SystemicSinkError):
+            sink.write(_writes(update_record(LOGS, log_row(logid=4), moved)))
+    finally:
+        sink.close()
+    assert len(endpoint.seen) == 1
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from botocore.exceptions import ClientError
 from factories import create_record, log_row, update_record
 from test_metrics import FakeDynamo, FakeMessage, pipeline
 
-from replicator.errors import LookupUnavailableError
+from replicator.errors import LookupUnavailableError, SystemicSinkError
 
 LOGS = "dbo.integrationlogs"
 
@@ -51,3 +52,38 @@ def test_a_lookup_outage_waits_and_dead_letters_nothing() -> None:
     assert p.lookups.calls == 2  # type: ignore[attr-defined]
     assert p.dead_letters.parked == []  # type: ignore[attr-defined]
     assert p.stats.applied == 1
+
+
+class RefusesEverything(FakeDynamo):
+    """DynamoDB answers every write with the same refusal."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__()
+        self.error = {"Error": {"Code": code, "Message": message}}
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        self.requests += 1
+        raise ClientError(self.error, "PutItem")  # type: ignore[arg-type]
+
+    update_item = put_item
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("ValidationException", "One or more parameter values were invalid: Missing the key SK"),
+        ("ResourceNotFoundException", "Requested resource not found"),
+    ],
+)
+def test_a_systemic_refusal_commits_nothing_parks_nothing_and_is_not_ready(
+    code: str, message: str
+) -> None:
+    p = pipeline(RefusesEverything(code, message))
+    p.health.assignment(True, 3)
+    p.stopping.set()  # the wait before the next attempt returns at once: the batch gives up
+    with pytest.raises(SystemicSinkError):
+        p.process([FakeMessage(create_record(LOGS, log_row(logid=5)))])
+    assert p.source.consumer.commits == []  # type: ignore[attr-defined]
+    assert p.dead_letters.parked == []  # type: ignore[attr-defined]
+    ready, body = p.health.ready()
+    assert not ready and message in body["reason"]

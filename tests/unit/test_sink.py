@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-from factories import Record, log_row, update_record
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
+from factories import Record, create_record, log_row, update_record
 
 from replicator.config import default_tables
 from replicator.decode import decode
+from replicator.errors import SinkError, SystemicSinkError
 from replicator.events import ChangeEvent
 from replicator.pipeline import to_change
 from replicator.sink import DynamoSink, Write, plan
@@ -117,3 +119,47 @@ def test_a_stale_action_lets_the_rest_of_the_move_proceed() -> None:
     assert len(client.sent) == 2
     assert client.sent[1] == client.sent[0][:1]  # the put alone
     assert (result.applied, result.stale, result.failed) == (1, 1, [])
+
+
+# --- refusals that never reach DynamoDB -------------------------------------------------------
+
+
+class Raises:
+    """A client whose every write raises the same error."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        raise self.error
+
+    update_item = transact_write_items = put_item
+
+
+def test_a_request_boto3_refuses_before_sending_stops_the_batch() -> None:
+    """boto3 checks a request against its model before sending (ParamValidationError, a
+    BotoCoreError like a connection failure); DynamoDB refuses the same request with a
+    ValidationException that the wire client raises. Neither is the item's fault, and neither
+    is the network's: both stop the batch with the reason."""
+    row = writes(create_record(LOGS, log_row(logid=1)))
+    boto3_refusal = ParamValidationError(report="Invalid length for parameter TableName")
+    wire_refusal = ClientError(
+        {
+            "Error": {
+                "Code": "ValidationException",
+                "Message": "1 validation error detected: Value '' at 'tableName' failed to "
+                "satisfy constraint: Member must have length greater than or equal to 3",
+            }
+        },
+        "PutItem",
+    )
+    for refusal in (boto3_refusal, wire_refusal):
+        with pytest.raises(SystemicSinkError):
+            sink(Raises(refusal)).write(row)
+
+
+def test_an_unreachable_endpoint_is_transient_not_systemic() -> None:
+    row = writes(create_record(LOGS, log_row(logid=1)))
+    with pytest.raises(SinkError) as caught:
+        sink(Raises(EndpointConnectionError(endpoint_url="http://dynamodb"))).write(row)
+    assert not isinstance(caught.value, SystemicSinkError)
