@@ -95,8 +95,31 @@ class DynamoSettings(_Section):
     region: str = "us-east-1"
     access_key_id: str | None = "local"
     secret_access_key: SecretStr | None = SecretStr("local")
+    # The one retry policy of every write and lookup (replicator.retry).
     max_attempts: int = Field(
-        10, gt=0, description="attempts per request on throttling, 5xx and connection errors"
+        10,
+        gt=0,
+        description="attempts per request (the first included) on throttling, 5xx and "
+        "connection errors; per key move on transaction conflicts; per enrichment lookup",
+    )
+    backoff_base_s: float = Field(
+        0.05, gt=0, description="full-jitter exponential backoff: the first retry waits up to this"
+    )
+    backoff_cap_s: float = Field(
+        5.0,
+        gt=0,
+        description="no wait between attempts is longer; a batch that DynamoDB refuses for a "
+        "systemic reason (a missing table, say) is retried at this interval",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="per attempt: to connect")
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="per attempt: longest wait for the bytes of the answer"
+    )
+    request_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="no retry of one request starts later than this after its first attempt "
+        "(so one request takes at most this plus one attempt's timeouts)",
     )
     concurrency: int = Field(16, ge=1, le=256, description="write requests in flight")
     client: Literal["wire", "boto3"] = Field(
@@ -348,6 +371,19 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the file (passed as init values).
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _retries_stay_live(self) -> Settings:
+        # Liveness is told between attempts: one attempt or one wait must fit in its window.
+        dynamo = self.dynamodb
+        longest = max(dynamo.connect_timeout_s + dynamo.read_timeout_s, dynamo.backoff_cap_s)
+        if longest >= self.metrics.live_within_s:
+            raise ValueError(
+                f"dynamodb: one attempt or wait can take {longest:g} s (connect_timeout_s + "
+                f"read_timeout_s, or backoff_cap_s), not less than metrics.live_within_s "
+                f"({self.metrics.live_within_s:g} s): /healthz would fail while it retries"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_tables(self) -> Settings:

@@ -31,6 +31,7 @@ from replicator.health import Health
 from replicator.lookup import Lookups
 from replicator.mapping import TableMapping, item_key, to_item
 from replicator.metrics import Metrics
+from replicator.retry import RetryPolicy
 from replicator.sink import Change, DynamoSink, Write, plan
 from replicator.source import KafkaSource
 
@@ -59,6 +60,7 @@ class Pipeline:
         metrics: Metrics | None = None,
         health: Health | None = None,
         before_write: Callable[[list[Write]], None] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -73,6 +75,9 @@ class Pipeline:
         # yielding to the live consumer. It may wait; it must not change the writes.
         self.before_write = before_write
         self.stopping = threading.Event()
+        # Between attempts of a batch: the policy's backoff (the cap for a systemic refusal),
+        # waited on ``stopping``, so that stop() ends the wait at once.
+        self.retry = retry or RetryPolicy.from_settings(settings.dynamodb, self.health.turned)
         self._dead_lettered: Counter[str] = Counter()  # this batch's, per table
 
     def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
@@ -122,6 +127,7 @@ class Pipeline:
         writes = plan(changes)
         if self.before_write is not None and writes:
             self.before_write(writes)
+        attempt = 0
         while True:
             try:
                 result = self.sink.write(writes)
@@ -129,21 +135,28 @@ class Pipeline:
                     self.health.write_ok()
                 break
             except SinkError as exc:
-                # Never skip and never commit past an unwritten change: wait and try again.
+                # Never skip and never commit past an unwritten change: wait and try again,
+                # forever. Retrying is the loop at work: alive, not ready.
                 self.metrics.sink_failures.inc()
                 self.health.write_failed(str(exc))
                 if isinstance(exc, SystemicSinkError):
+                    pause = self.retry.cap_s
                     log.error(
                         "DynamoDB refuses the batch for a reason retrying does not fix; "
                         "nothing is committed and the consumer is not ready; the batch is "
-                        "retried until the cause is fixed",
+                        "retried at this interval, so the consumer goes on by itself once "
+                        "the cause is fixed",
+                        retry_in_s=pause,
                         error=str(exc)[:300],
                     )
                 else:
-                    self._log_retry(messages, exc)
-                if self.stopping.wait(2.0):
+                    pause = self.retry.backoff(attempt)
+                    self._log_retry(messages, exc, pause)
+                attempt += 1
+                self.health.turned()
+                if self.stopping.wait(pause):
                     raise
-                self.health.turned()  # retrying is the loop at work: alive, not ready
+                self.health.turned()
         by_origin = {(m.topic(), m.partition(), m.offset()): m for m in messages}
         parked: set[tuple[str, int, int]] = set()
         for write, reason in result.failed:
@@ -169,7 +182,7 @@ class Pipeline:
         per_topic = Counter(m.topic() for m in messages)
         return Counter({self._table_of(t): n for t, n in per_topic.items()})
 
-    def _log_retry(self, messages: list[Message], exc: SinkError) -> None:
+    def _log_retry(self, messages: list[Message], exc: SinkError, pause: float) -> None:
         """One line per partition of the batch: where the unwritten records are."""
         ranges: dict[tuple[str, int], list[int]] = {}
         for m in messages:
@@ -183,6 +196,7 @@ class Pipeline:
                 partition=partition,
                 offset=min(offsets),
                 last_offset=max(offsets),
+                retry_in_s=round(pause, 3),
                 error=str(exc)[:300],
             )
 
@@ -216,6 +230,7 @@ class Pipeline:
 
         for mapping in {id(m): m for _, m, _ in decoded}.values():
             rows = [r for _, m, e in decoded if m is mapping for r in (e.row, e.before) if r]
+            attempt = 0
             while True:
                 try:
                     self.lookups.fill(mapping, rows)
@@ -223,12 +238,16 @@ class Pipeline:
                 except LookupUnavailableError as exc:
                     # A database outage is not the events' fault: wait, never dead-letter.
                     self.health.write_failed(str(exc))
+                    pause = self.retry.backoff(attempt)
                     log.warning(
                         "lookup database unavailable; waiting",
                         table=mapping.name,
+                        retry_in_s=round(pause, 3),
                         error=str(exc)[:300],
                     )
-                    if self.stopping.wait(2.0):
+                    attempt += 1
+                    self.health.turned()
+                    if self.stopping.wait(pause):
                         raise
                     self.health.turned()
 
@@ -297,13 +316,16 @@ def build(
         raise ReplicatorError("no tables are mapped: nothing to consume")
     if source is None:
         source = KafkaSource(settings.kafka, topics, group_id)
-    sink = DynamoSink(
-        dynamodb_writer(settings.dynamodb, settings.dynamodb.concurrency),
-        settings.dynamodb.concurrency,
-    )
-    lookups = Lookups(settings.postgres.lookups())
+    health = health or Health(settings.metrics.live_within_s)
+    # One retry policy for every write and lookup; between attempts it tells liveness.
+    retry = RetryPolicy.from_settings(settings.dynamodb, health.turned)
+    concurrency = settings.dynamodb.concurrency
+    sink = DynamoSink(dynamodb_writer(settings.dynamodb, concurrency, retry), concurrency, retry)
+    lookups = Lookups(settings.postgres.lookups(), retry=retry)
     kafka = settings.kafka
     connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
     ensure_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, extra=connection)
     dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
-    return Pipeline(settings, source, sink, lookups, dead_letters, metrics, health, before_write)
+    return Pipeline(
+        settings, source, sink, lookups, dead_letters, metrics, health, before_write, retry
+    )

@@ -10,7 +10,6 @@ write is stale and skipped, which is the point of the guard.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -24,6 +23,7 @@ from replicator.dynamo_wire import RETRYABLE_CODES, THROTTLE_CODES, is_retryable
 from replicator.errors import SinkError, SystemicSinkError
 from replicator.events import ChangeEvent, Op, Origin, Position
 from replicator.mapping import Item, TableMapping
+from replicator.retry import RetryPolicy
 
 POS = "_pos"  # encoded Position of the change the item reflects
 SOURCE_MS = "_src_ms"  # commit time in PostgreSQL, for end-to-end latency
@@ -381,9 +381,11 @@ class DynamoSink:
     one row's writes are in one unit, so no two requests in flight touch the same item.
     """
 
-    def __init__(self, client: Any, concurrency: int = 16, max_attempts: int = 8) -> None:
+    def __init__(
+        self, client: Any, concurrency: int = 16, retry: RetryPolicy | None = None
+    ) -> None:
         self.client = client
-        self.max_attempts = max_attempts
+        self.retry = retry or RetryPolicy()  # a key move's cancelled transaction, retried
         self.concurrency = concurrency
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sink")
 
@@ -470,16 +472,17 @@ class DynamoSink:
         result = SinkResult()
         pending = unit
         table = unit[0][0].mapping.name
-        for attempt in range(self.max_attempts):
+        started = self.retry.clock()
+        for attempt in range(self.retry.attempts):
             if not pending:
                 return result
             try:
-                started = time.perf_counter()
+                sent = time.perf_counter()
                 response = self.client.transact_write_items(
                     TransactItems=[a for _, a in pending], ReturnConsumedCapacity=_CAPACITY
                 )
                 part = result.table(pending[0][0].mapping.name)
-                part.write_s.append(time.perf_counter() - started)
+                part.write_s.append(time.perf_counter() - sent)
                 if response:
                     _account(part, response)
                 result.applied += len(pending)
@@ -535,13 +538,16 @@ class DynamoSink:
                 if not must_wait:
                     continue  # only stale actions dropped: retry the rest at once
             except BotoCoreError as exc:
+                # The client has spent its own attempts on it: the batch retries from here.
                 verdict, text = _verdict(exc)
-                if verdict is Verdict.SYSTEMIC or attempt == self.max_attempts - 1:
-                    raise _sink_error(verdict, text, exc) from exc
-            time.sleep(min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+                raise _sink_error(verdict, text, exc) from exc
+            wait = self.retry.next_wait(attempt, started)
+            if wait is None:
+                break
+            self.retry.pause(wait)
         if pending:
             raise SinkError(
-                f"{len(pending)} writes still failing after {self.max_attempts} "
-                "attempts (throttling or conflicts)"
+                f"DynamoDB transaction on {table}: {len(pending)} writes still cancelled "
+                "(conflicts or throttling) after the retry policy's attempts or deadline"
             )
         return result

@@ -5,8 +5,10 @@ codes, cancellation reasons, retries with backoff, transport failures)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,16 +27,18 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    ReadTimeoutError,
 )
 from factories import create_record, log_row, update_record
 
 from replicator.config import DynamoSettings, default_tables
 from replicator.decode import decode
-from replicator.dynamo import dynamodb_writer
+from replicator.dynamo import dynamodb_client, dynamodb_writer
 from replicator.dynamo_wire import DynamoWireClient
 from replicator.errors import SystemicSinkError
 from replicator.events import ChangeEvent
 from replicator.pipeline import to_change
+from replicator.retry import RetryPolicy
 from replicator.sink import DynamoSink, plan
 
 LOGS = "dbo.integrationlogs"
@@ -130,15 +134,22 @@ def endpoint() -> Iterator[Endpoint]:
 
 
 def client(
-    url: str, sleeps: list[float] | None = None, token: str | None = None, **kwargs: Any
+    url: str,
+    sleeps: list[float] | None = None,
+    token: str | None = None,
+    *,
+    max_attempts: int = 10,
+    backoff_base_s: float = 0.05,
+    backoff_cap_s: float = 5.0,
+    **kwargs: Any,
 ) -> DynamoWireClient:
+    """The wire client; its retry policy records its waits in ``sleeps`` instead of sleeping."""
     recorded = sleeps if sleeps is not None else []
+    retry = RetryPolicy(
+        attempts=max_attempts, base_s=backoff_base_s, cap_s=backoff_cap_s, sleep=recorded.append
+    )
     return DynamoWireClient(
-        url,
-        "eu-west-1",
-        Credentials(KEY_ID, SECRET, token),
-        sleep=recorded.append,
-        **kwargs,
+        url, "eu-west-1", Credentials(KEY_ID, SECRET, token), retry=retry, **kwargs
     )
 
 
@@ -555,6 +566,110 @@ def test_a_key_move_cancelled_for_a_systemic_reason_stops_the_batch(
     finally:
         sink.close()
     assert len(endpoint.seen) == 1
+
+
+# --- the retry policy and timeouts, from the settings -----------------------------------------
+
+
+def test_timeouts_and_attempts_come_from_the_settings() -> None:
+    settings = DynamoSettings(
+        max_attempts=3,
+        backoff_base_s=0.2,
+        backoff_cap_s=2.0,
+        request_deadline_s=9.0,
+        connect_timeout_s=1.5,
+        read_timeout_s=2.5,
+    )
+    policy = RetryPolicy.from_settings(settings)
+    wire = dynamodb_writer(settings)
+    assert isinstance(wire, DynamoWireClient)
+    assert wire.retry == policy
+    assert (wire._pool.timeout.connect_timeout, wire._pool.timeout.read_timeout) == (1.5, 2.5)
+
+    boto = dynamodb_writer(settings.model_copy(update={"client": "boto3"}))
+    assert boto.retry == policy  # type: ignore[attr-defined]
+    config = boto.meta.config  # type: ignore[attr-defined]
+    assert (config.connect_timeout, config.read_timeout) == (1.5, 2.5)
+    assert config.retries["total_max_attempts"] == 1  # the policy retries, not botocore too
+
+    other = dynamodb_client(settings)  # tables, verify, cost: botocore's retries, same bounds
+    assert other.meta.config.retries["total_max_attempts"] == 3
+    assert (other.meta.config.connect_timeout, other.meta.config.read_timeout) == (1.5, 2.5)
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_both_writers_retry_by_the_policy_and_count_throttled_attempts(
+    endpoint: Endpoint, kind: str
+) -> None:
+    endpoint.script = [
+        error("ThrottlingException"),
+        error("ProvisionedThroughputExceededException"),
+    ]
+    sleeps: list[float] = []
+    retry = RetryPolicy(attempts=5, base_s=0.1, cap_s=0.25, sleep=sleeps.append)
+    settings = DynamoSettings(endpoint_url=endpoint.url, client=kind)  # type: ignore[arg-type]
+    result = dynamodb_writer(settings, retry=retry).put_item(**PUT)
+    assert result["ResponseMetadata"]["ThrottledAttempts"] == 2
+    assert len(endpoint.seen) == 3
+    assert len(sleeps) == 2 and all(0 <= w <= min(0.25, 0.1 * 2**n) for n, w in enumerate(sleeps))
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_both_writers_keep_the_transaction_token_across_retries(
+    endpoint: Endpoint, kind: str
+) -> None:
+    endpoint.script = [error("ThrottlingException")]
+    settings = DynamoSettings(endpoint_url=endpoint.url, client=kind)  # type: ignore[arg-type]
+    writer = dynamodb_writer(settings, retry=RetryPolicy(sleep=lambda _s: None))
+    writer.transact_write_items(TransactItems=[{"Put": PUT}])
+    first, second = endpoint.seen
+    assert first.json["ClientRequestToken"] == second.json["ClientRequestToken"]
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.05)
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_an_endpoint_that_never_answers_is_given_up_at_the_request_deadline(
+    silent: str, kind: str
+) -> None:
+    """Each attempt ends at the read timeout; no retry starts past the deadline, although
+    attempts remain (waits are recorded, not slept)."""
+    settings = DynamoSettings(
+        endpoint_url=silent,
+        client=kind,  # type: ignore[arg-type]
+        connect_timeout_s=0.5,
+        read_timeout_s=0.1,
+    )
+    sleeps: list[float] = []
+    retry = RetryPolicy(attempts=100, base_s=0.01, cap_s=0.01, deadline_s=0.35, sleep=sleeps.append)
+    started = time.monotonic()
+    with pytest.raises(ReadTimeoutError):
+        dynamodb_writer(settings, retry=retry).put_item(**PUT)
+    assert 2 <= len(sleeps) + 1 <= 10  # attempts: bounded by the deadline, not by 100
+    assert time.monotonic() - started < 0.35 + 0.1 + 1.0
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from replicator.decode import decode
 from replicator.errors import SinkError, SystemicSinkError
 from replicator.events import ChangeEvent
 from replicator.pipeline import to_change
+from replicator.retry import RetryPolicy
 from replicator.sink import DynamoSink, Write, plan
 
 LOGS = "dbo.integrationlogs"
@@ -163,3 +164,24 @@ def test_an_unreachable_endpoint_is_transient_not_systemic() -> None:
     with pytest.raises(SinkError) as caught:
         sink(Raises(EndpointConnectionError(endpoint_url="http://dynamodb"))).write(row)
     assert not isinstance(caught.value, SystemicSinkError)
+
+
+# --- the transaction loop follows the retry policy ----------------------------------------------
+
+
+def test_a_conflicting_key_move_is_retried_by_the_policy_then_fails_the_batch() -> None:
+    """TransactionConflict on every try: as many transactions as the policy's attempts, full
+    jitter waits between them, liveness told around each wait, then a (transient) SinkError."""
+    conflict = cancelled({"Code": "TransactionConflict", "Message": "ongoing"}, {"Code": "None"})
+    client = Transactions(*[conflict] * 10)
+    sleeps: list[float] = []
+    turns: list[int] = []
+    retry = RetryPolicy(
+        attempts=4, base_s=0.5, cap_s=1.0, sleep=sleeps.append, turned=lambda: turns.append(1)
+    )
+    with pytest.raises(SinkError) as caught:
+        DynamoSink(client, concurrency=1, retry=retry).write(key_move())
+    assert not isinstance(caught.value, SystemicSinkError)
+    assert len(client.sent) == 4
+    assert len(sleeps) == 3 and len(turns) == 6
+    assert all(0.0 <= w <= min(1.0, 0.5 * 2**n) for n, w in enumerate(sleeps))
