@@ -60,13 +60,68 @@ class PostgresSettings(_Section):
         )
 
 
+# librdkafka reads a boolean's "false" as any of these (case-insensitive).
+_FALSE = frozenset({"false", "f", "0"})
+# What kafka.extra, merged last into every consumer's config (source.py), may not change: the
+# values that keep the commit protocol intact (None: none, the replicator sets it) and why.
+_REFUSED_EXTRA: dict[str, tuple[frozenset[str] | None, str]] = {
+    "enable.auto.commit": (
+        _FALSE,
+        "the replicator commits offsets itself once DynamoDB has acknowledged the batch; "
+        "auto-commit would commit records not yet written",
+    ),
+    "auto.commit.enable": (_FALSE, "the legacy spelling of enable.auto.commit"),
+    "enable.auto.offset.store": (
+        _FALSE,
+        "the offset store is what an automatic or argument-less commit writes: it must only "
+        "ever hold offsets of written records, so the replicator keeps it off and commits "
+        "explicit offsets",
+    ),
+    "isolation.level": (
+        frozenset({"read_committed"}),
+        "read_uncommitted would apply records of aborted Kafka transactions (a connector with "
+        "exactly-once delivery)",
+    ),
+    "group.id": (
+        None,
+        "set kafka.group_id instead: a backfill consumes under its own group "
+        "(backfill.group_prefix), and this would make it commit into another group",
+    ),
+    "enable.partition.eof": (
+        None,
+        "the replicator sets it per consumer: a backfill needs it to see where a partition ends",
+    ),
+}
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:59092"
     group_id: str = "replicator"
     dead_letter_topic: str = "replicator.dead-letter"
     batch_size: int = Field(500, gt=0, description="records taken per poll")
     poll_timeout_s: float = Field(0.5, gt=0)
-    extra: dict[str, str] = Field(default_factory=dict, description="librdkafka settings")
+    extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka settings (TLS, SASL, timeouts), merged into every Kafka client's; "
+        "those that would break the commit protocol are refused",
+    )
+
+    @field_validator("extra")
+    @classmethod
+    def _keeps_the_commit_protocol(cls, extra: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for key, value in extra.items():
+            refused = _REFUSED_EXTRA.get(key.strip())
+            if refused is None:
+                continue
+            allowed, why = refused
+            if allowed is None:
+                problems.append(f"{key} cannot be set here: {why}")
+            elif value.strip().lower() not in allowed:
+                problems.append(f"{key}={value!r} is refused: {why}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return extra
 
 
 class ConnectorSettings(_Section):
