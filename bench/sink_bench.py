@@ -52,6 +52,7 @@ from replicator.dynamo_wire import DynamoWireClient
 from replicator.events import ChangeEvent, Origin
 from replicator.mapping import TableMapping
 from replicator.pipeline import to_change
+from replicator.retry import RetryPolicy
 from replicator.sink import Change, DynamoSink, action, plan
 from replicator.tables import ensure_table
 
@@ -323,7 +324,7 @@ def run(args: argparse.Namespace) -> None:
     concurrency = args.concurrency or dyn.concurrency
 
     def sink_on(make_client: Callable[[], Any]) -> Callable[[], DynamoSink]:
-        return lambda: DynamoSink(make_client(), concurrency, dyn.max_attempts)
+        return lambda: DynamoSink(make_client(), concurrency, RetryPolicy.from_settings(dyn))
 
     def wire() -> DynamoWireClient:
         return DynamoWireClient.from_settings(dyn, concurrency)

@@ -60,6 +60,40 @@ class PostgresSettings(_Section):
         )
 
 
+# librdkafka reads a boolean's "false" as any of these (case-insensitive).
+_FALSE = frozenset({"false", "f", "0"})
+# What kafka.extra, merged last into every consumer's config (source.py), may not change: the
+# values that keep the commit protocol intact (None: none, the replicator sets it) and why.
+_REFUSED_EXTRA: dict[str, tuple[frozenset[str] | None, str]] = {
+    "enable.auto.commit": (
+        _FALSE,
+        "the replicator commits offsets itself once DynamoDB has acknowledged the batch; "
+        "auto-commit would commit records not yet written",
+    ),
+    "auto.commit.enable": (_FALSE, "the legacy spelling of enable.auto.commit"),
+    "enable.auto.offset.store": (
+        _FALSE,
+        "the offset store is what an automatic or argument-less commit writes: it must only "
+        "ever hold offsets of written records, so the replicator keeps it off and commits "
+        "explicit offsets",
+    ),
+    "isolation.level": (
+        frozenset({"read_committed"}),
+        "read_uncommitted would apply records of aborted Kafka transactions (a connector with "
+        "exactly-once delivery)",
+    ),
+    "group.id": (
+        None,
+        "set kafka.group_id instead: a backfill consumes under its own group "
+        "(backfill.group_prefix), and this would make it commit into another group",
+    ),
+    "enable.partition.eof": (
+        None,
+        "the replicator sets it per consumer: a backfill needs it to see where a partition ends",
+    ),
+}
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:19092"
     group_id: str = "replicator"
@@ -73,7 +107,28 @@ class KafkaSettings(_Section):
     )
     batch_size: int = Field(500, gt=0, description="records taken per poll")
     poll_timeout_s: float = Field(0.5, gt=0)
-    extra: dict[str, str] = Field(default_factory=dict, description="librdkafka settings")
+    extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka settings (TLS, SASL, timeouts), merged into every Kafka client's; "
+        "those that would break the commit protocol are refused",
+    )
+
+    @field_validator("extra")
+    @classmethod
+    def _keeps_the_commit_protocol(cls, extra: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for key, value in extra.items():
+            refused = _REFUSED_EXTRA.get(key.strip())
+            if refused is None:
+                continue
+            allowed, why = refused
+            if allowed is None:
+                problems.append(f"{key} cannot be set here: {why}")
+            elif value.strip().lower() not in allowed:
+                problems.append(f"{key}={value!r} is refused: {why}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return extra
 
 
 class ConnectorSettings(_Section):
@@ -116,8 +171,31 @@ class DynamoSettings(_Section):
     region: str = "us-east-1"
     access_key_id: str | None = "local"
     secret_access_key: SecretStr | None = SecretStr("local")
+    # The one retry policy of every write and lookup (replicator.retry).
     max_attempts: int = Field(
-        10, gt=0, description="attempts per request on throttling, 5xx and connection errors"
+        10,
+        gt=0,
+        description="attempts per request (the first included) on throttling, 5xx and "
+        "connection errors; per key move on transaction conflicts; per enrichment lookup",
+    )
+    backoff_base_s: float = Field(
+        0.05, gt=0, description="full-jitter exponential backoff: the first retry waits up to this"
+    )
+    backoff_cap_s: float = Field(
+        5.0,
+        gt=0,
+        description="no wait between attempts is longer; a batch that DynamoDB refuses for a "
+        "systemic reason (a missing table, say) is retried at this interval",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="per attempt: to connect")
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="per attempt: longest wait for the bytes of the answer"
+    )
+    request_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="no retry of one request starts later than this after its first attempt "
+        "(so one request takes at most this plus one attempt's timeouts)",
     )
     concurrency: int = Field(16, ge=1, le=256, description="write requests in flight")
     client: Literal["wire", "boto3"] = Field(
@@ -379,6 +457,19 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the file (passed as init values).
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _retries_stay_live(self) -> Settings:
+        # Liveness is told between attempts: one attempt or one wait must fit in its window.
+        dynamo = self.dynamodb
+        longest = max(dynamo.connect_timeout_s + dynamo.read_timeout_s, dynamo.backoff_cap_s)
+        if longest >= self.metrics.live_within_s:
+            raise ValueError(
+                f"dynamodb: one attempt or wait can take {longest:g} s (connect_timeout_s + "
+                f"read_timeout_s, or backoff_cap_s), not less than metrics.live_within_s "
+                f"({self.metrics.live_within_s:g} s): /healthz would fail while it retries"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_tables(self) -> Settings:

@@ -10,8 +10,9 @@ It takes exactly the request dicts that boto3's ``put_item``, ``update_item`` an
 ``transact_write_items`` take, and fails the way boto3 does: ``botocore.exceptions.ClientError``
 with ``response["Error"]["Code"]`` (and ``response["CancellationReasons"]`` for a cancelled
 transaction), and a ``BotoCoreError`` subclass when the endpoint cannot be reached. Throttling,
-5xx answers and connection errors are retried with capped exponential backoff and full jitter,
-at most ``max_attempts`` attempts in all, like botocore's standard retry mode.
+5xx answers and connection errors are retried by the replicator's retry policy
+(``replicator.retry``: capped exponential backoff with full jitter, a number of attempts and a
+deadline per request), as the sink's boto3 client is.
 
 Differences from boto3, none of which the sink depends on: no parameter validation (DynamoDB
 answers a malformed request with a ValidationException), and responses are returned as sent
@@ -48,16 +49,11 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 from botocore.httpsession import get_cert_path
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 from urllib3 import exceptions as http_errors
 
 from replicator.config import DynamoSettings
 from replicator.errors import ConfigError
+from replicator.retry import RetryPolicy
 
 _TARGET = "DynamoDB_20120810."
 _CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -75,8 +71,7 @@ class DynamoWireClient:
     """PutItem, UpdateItem and TransactWriteItems over DynamoDB's JSON protocol.
 
     Thread-safe: the connection pool hands each request its own connection (at most
-    ``max_pool``, further callers wait for one), and the retry controller keeps its state per
-    thread.
+    ``max_pool``, further callers wait for one), and each call keeps its retry state to itself.
     """
 
     def __init__(
@@ -85,13 +80,10 @@ class DynamoWireClient:
         region: str,
         credentials: Credentials,
         *,
-        max_attempts: int = 10,
+        retry: RetryPolicy | None = None,
         max_pool: int = 16,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
-        backoff_base_s: float = 0.05,
-        backoff_cap_s: float = 5.0,
-        sleep: Callable[[float], None] | None = None,
     ) -> None:
         parts = urlsplit(endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -114,18 +106,12 @@ class DynamoWireClient:
         if parts.scheme == "https":
             pool_args.update(cert_reqs="CERT_REQUIRED", ca_certs=get_cert_path(True))
         self._pool = urllib3.connection_from_url(endpoint_url, **pool_args)
-        retrying: dict[str, Any] = {
-            "stop": stop_after_attempt(max_attempts),
-            "wait": wait_random_exponential(multiplier=backoff_base_s, max=backoff_cap_s),
-            "retry": retry_if_exception(is_retryable),
-            "reraise": True,
-        }
-        if sleep is not None:
-            retrying["sleep"] = sleep
-        self._retrying = Retrying(**retrying)
+        self.retry = retry or RetryPolicy()
 
     @classmethod
-    def from_settings(cls, settings: DynamoSettings, max_pool: int = 16) -> DynamoWireClient:
+    def from_settings(
+        cls, settings: DynamoSettings, max_pool: int = 16, retry: RetryPolicy | None = None
+    ) -> DynamoWireClient:
         """The client for the configured endpoint (or the region's AWS endpoint), with the
         configured keys or else botocore's usual credential chain (environment, profile,
         instance role), refreshed as botocore refreshes them."""
@@ -147,8 +133,10 @@ class DynamoWireClient:
             settings.endpoint_url or regional_endpoint(settings.region),
             settings.region,
             credentials,
-            max_attempts=settings.max_attempts,
+            retry=retry or RetryPolicy.from_settings(settings),
             max_pool=max_pool,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
         )
 
     # --- the three calls DynamoSink makes ---------------------------------------------------
@@ -172,31 +160,7 @@ class DynamoWireClient:
 
     def _call(self, operation: str, request: Mapping[str, Any]) -> dict[str, Any]:
         body = orjson.dumps(request, default=_json_default)
-        try:  # the common case without the retry controller's few microseconds
-            return self._send(operation, body)
-        except (ClientError, BotoCoreError) as exc:
-            if not is_retryable(exc):
-                raise
-            first: BaseException | None = exc
-
-        throttled = 0
-
-        def attempt() -> dict[str, Any]:
-            nonlocal first, throttled
-            try:
-                if first is not None:  # replay the first failure, so it counts and backs off
-                    failed, first = first, None
-                    raise failed
-                return self._send(operation, body)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in THROTTLE_CODES:
-                    throttled += 1
-                raise
-
-        response = self._retrying(attempt)
-        if throttled:  # for the sink's throttle metric (boto3 answers have no such count)
-            response["ResponseMetadata"]["ThrottledAttempts"] = throttled
-        return response
+        return send_with_retries(self.retry, lambda: self._send(operation, body))
 
     def _send(self, operation: str, body: bytes) -> dict[str, Any]:
         request = AWSRequest(
@@ -249,6 +213,38 @@ class DynamoWireClient:
             signer = (frozen, SigV4Auth(frozen, "dynamodb", self.region))
             self._signer = signer
         signer[1].add_auth(request)
+
+
+def send_with_retries(retry: RetryPolicy, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``send()`` by the retry policy: throttling, 5xx answers and transport failures are tried
+    again (``is_retryable``). Throttled attempts are counted in the answer's
+    ``ResponseMetadata.ThrottledAttempts``, for the sink's throttle metric."""
+    started = retry.clock()
+    try:  # the common case without the retry controller's few microseconds
+        return send()
+    except (ClientError, BotoCoreError) as exc:
+        if not is_retryable(exc):
+            raise
+        first: BaseException | None = exc
+
+    throttled = 0
+
+    def attempt() -> dict[str, Any]:
+        nonlocal first, throttled
+        try:
+            if first is not None:  # replay the first failure, so it counts and backs off
+                failed, first = first, None
+                raise failed
+            return send()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in THROTTLE_CODES:
+                throttled += 1
+            raise
+
+    response = retry.call(attempt, is_retryable, started)
+    if throttled:
+        response.setdefault("ResponseMetadata", {})["ThrottledAttempts"] = throttled
+    return response
 
 
 def regional_endpoint(region: str) -> str:

@@ -37,3 +37,9 @@ class ConnectorError(ReplicatorError):
 
 class SinkError(ReplicatorError):
     """DynamoDB writes failed after every retry; the batch is not committed."""
+
+
+class SystemicSinkError(SinkError):
+    """DynamoDB refuses the batch for a reason no retry fixes by itself (a missing table, a key
+    schema other than the mapping's, denied access): nothing is committed, the consumer is not
+    ready, and the batch is retried until an operator fixes the cause."""

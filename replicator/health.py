@@ -2,8 +2,9 @@
 /readyz, and the HTML status page at / (replicator.status: lag and throughput charts).
 
 - ``/healthz`` (liveness): 200 while the loop is running and has turned (polled Kafka, or
-  retried a failed batch write) within ``metrics.live_within_s``; 503 otherwise. A DynamoDB
-  outage does not fail it: the loop is alive, retrying, and a restart would not help.
+  waited between two attempts of a write, a lookup or a batch: replicator.retry) within
+  ``metrics.live_within_s``; 503 otherwise. A DynamoDB outage does not fail it: the loop is
+  alive, retrying, and a restart would not help.
 - ``/readyz`` (readiness): 200 when the consumer group has given this consumer its assignment
   and the last DynamoDB write attempt did not fail; 503 with a short JSON reason otherwise.
   An empty assignment (more consumers than partitions) counts as ready: the standby is healthy
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,23 +33,26 @@ _REASON_CHARS = 200
 class Health:
     """What the probes read; written by the consumer loop (plain attribute writes)."""
 
-    def __init__(self, live_within_s: float = 300.0) -> None:
+    def __init__(
+        self, live_within_s: float = 300.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.live_within_s = live_within_s
+        self.clock = clock
         self.running = False
-        self.last_turn = time.monotonic()
+        self.last_turn = clock()
         self.joined = False  # the group has assigned this consumer (maybe nothing)
         self.partitions = 0
         self.write_error: str | None = None
 
     def started(self) -> None:
         self.running = True
-        self.last_turn = time.monotonic()
+        self.last_turn = self.clock()
 
     def stopped(self) -> None:
         self.running = False
 
     def turned(self) -> None:
-        self.last_turn = time.monotonic()
+        self.last_turn = self.clock()
 
     def assignment(self, joined: bool, partitions: int) -> None:
         self.joined = joined
@@ -60,7 +65,7 @@ class Health:
         self.write_error = error[:_REASON_CHARS]
 
     def live(self) -> tuple[bool, dict[str, Any]]:
-        idle = time.monotonic() - self.last_turn
+        idle = self.clock() - self.last_turn
         if not self.running:
             return False, {"live": False, "reason": "the consumer loop is not running"}
         if idle > self.live_within_s:

@@ -6,7 +6,6 @@ never changes, so answers are cached in a bounded LRU cache; one query serves a 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import psycopg
@@ -14,12 +13,15 @@ from cachetools import LRUCache
 
 from replicator.errors import LookupMissError, LookupUnavailableError, ReplicatorError
 from replicator.mapping import Lookup, TableMapping
+from replicator.retry import RetryPolicy
 
 
 class Lookups:
-    def __init__(self, dsn: str, cache_size: int = 100_000, attempts: int = 5) -> None:
+    def __init__(
+        self, dsn: str, cache_size: int = 100_000, retry: RetryPolicy | None = None
+    ) -> None:
         self.dsn = dsn
-        self.attempts = attempts
+        self.retry = retry or RetryPolicy()  # on connection errors
         self.cache: LRUCache[tuple[str, Any], Any] = LRUCache(maxsize=cache_size)
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -50,18 +52,20 @@ class Lookups:
                 )
 
     def _query(self, lookup: Lookup, keys: list[Any]) -> list[tuple[Any, Any]]:
-        for attempt in range(self.attempts):
+        def attempt() -> list[tuple[Any, Any]]:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.dsn, autocommit=True)
                 return [tuple(r) for r in self._conn.execute(lookup.sql, {"keys": keys})]
-            except psycopg.OperationalError as exc:
-                self._conn = None
-                if attempt == self.attempts - 1:
-                    raise LookupUnavailableError(
-                        f"lookup {lookup.column!r}: PostgreSQL unreachable: {exc}"
-                    ) from exc
-                time.sleep(min(5.0, 0.2 * 2**attempt))
-            except psycopg.Error as exc:
-                raise ReplicatorError(f"lookup {lookup.column!r} query failed: {exc}") from exc
-        return []
+            except psycopg.OperationalError:
+                self._conn = None  # connect again on the next attempt
+                raise
+
+        try:
+            return self.retry.call(attempt, lambda e: isinstance(e, psycopg.OperationalError))
+        except psycopg.OperationalError as exc:
+            raise LookupUnavailableError(
+                f"lookup {lookup.column!r}: PostgreSQL unreachable: {exc}"
+            ) from exc
+        except psycopg.Error as exc:
+            raise ReplicatorError(f"lookup {lookup.column!r} query failed: {exc}") from exc

@@ -24,6 +24,7 @@ from replicator.errors import (
     MappingError,
     ReplicatorError,
     SinkError,
+    SystemicSinkError,
 )
 from replicator.events import ChangeEvent, Op, Origin, Skip
 from replicator.health import Health
@@ -31,6 +32,7 @@ from replicator.horizon import check_horizon, cutoff_ms, read_limits
 from replicator.lookup import Lookups
 from replicator.mapping import TableMapping, item_key, to_item
 from replicator.metrics import Metrics
+from replicator.retry import RetryPolicy
 from replicator.sink import Change, DynamoSink, Write, plan
 from replicator.source import KafkaSource
 
@@ -61,6 +63,7 @@ class Pipeline:
         health: Health | None = None,
         before_write: Callable[[list[Write]], None] | None = None,
         refuse_older_than_horizon: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -79,6 +82,9 @@ class Pipeline:
         # reads each row's changes in order, its delete after them: it refuses nothing.
         self.refuse_older_than_horizon = refuse_older_than_horizon
         self.stopping = threading.Event()
+        # Between attempts of a batch: the policy's backoff (the cap for a systemic refusal),
+        # waited on ``stopping``, so that stop() ends the wait at once.
+        self.retry = retry or RetryPolicy.from_settings(settings.dynamodb, self.health.turned)
         self._dead_lettered: Counter[str] = Counter()  # this batch's, per table
 
     def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
@@ -128,6 +134,7 @@ class Pipeline:
         writes = plan(changes)
         if self.before_write is not None and writes:
             self.before_write(writes)
+        attempt = 0
         while True:
             try:
                 result = self.sink.write(writes)
@@ -135,13 +142,28 @@ class Pipeline:
                     self.health.write_ok()
                 break
             except SinkError as exc:
-                # Never skip and never commit past an unwritten change: wait and try again.
+                # Never skip and never commit past an unwritten change: wait and try again,
+                # forever. Retrying is the loop at work: alive, not ready.
                 self.metrics.sink_failures.inc()
                 self.health.write_failed(str(exc))
-                self._log_retry(messages, exc)
-                if self.stopping.wait(2.0):
+                if isinstance(exc, SystemicSinkError):
+                    pause = self.retry.cap_s
+                    log.error(
+                        "DynamoDB refuses the batch for a reason retrying does not fix; "
+                        "nothing is committed and the consumer is not ready; the batch is "
+                        "retried at this interval, so the consumer goes on by itself once "
+                        "the cause is fixed",
+                        retry_in_s=pause,
+                        error=str(exc)[:300],
+                    )
+                else:
+                    pause = self.retry.backoff(attempt)
+                    self._log_retry(messages, exc, pause)
+                attempt += 1
+                self.health.turned()
+                if self.stopping.wait(pause):
                     raise
-                self.health.turned()  # retrying is the loop at work: alive, not ready
+                self.health.turned()
         by_origin = {(m.topic(), m.partition(), m.offset()): m for m in messages}
         parked: set[tuple[str, int, int]] = set()
         for write, reason in result.failed:
@@ -167,7 +189,7 @@ class Pipeline:
         per_topic = Counter(m.topic() for m in messages)
         return Counter({self._table_of(t): n for t, n in per_topic.items()})
 
-    def _log_retry(self, messages: list[Message], exc: SinkError) -> None:
+    def _log_retry(self, messages: list[Message], exc: SinkError, pause: float) -> None:
         """One line per partition of the batch: where the unwritten records are."""
         ranges: dict[tuple[str, int], list[int]] = {}
         for m in messages:
@@ -181,6 +203,7 @@ class Pipeline:
                 partition=partition,
                 offset=min(offsets),
                 last_offset=max(offsets),
+                retry_in_s=round(pause, 3),
                 error=str(exc)[:300],
             )
 
@@ -227,6 +250,7 @@ class Pipeline:
 
         for mapping in {id(m): m for _, m, _ in decoded}.values():
             rows = [r for _, m, e in decoded if m is mapping for r in (e.row, e.before) if r]
+            attempt = 0
             while True:
                 try:
                     self.lookups.fill(mapping, rows)
@@ -234,12 +258,16 @@ class Pipeline:
                 except LookupUnavailableError as exc:
                     # A database outage is not the events' fault: wait, never dead-letter.
                     self.health.write_failed(str(exc))
+                    pause = self.retry.backoff(attempt)
                     log.warning(
                         "lookup database unavailable; waiting",
                         table=mapping.name,
+                        retry_in_s=round(pause, 3),
                         error=str(exc)[:300],
                     )
-                    if self.stopping.wait(2.0):
+                    attempt += 1
+                    self.health.turned()
+                    if self.stopping.wait(pause):
                         raise
                     self.health.turned()
 
@@ -315,11 +343,12 @@ def build(
     check_horizon(settings, read_limits(settings))  # before anything joins or connects
     if source is None:
         source = KafkaSource(settings.kafka, topics, group_id)
-    sink = DynamoSink(
-        dynamodb_writer(settings.dynamodb, settings.dynamodb.concurrency),
-        settings.dynamodb.concurrency,
-    )
-    lookups = Lookups(settings.postgres.lookups())
+    health = health or Health(settings.metrics.live_within_s)
+    # One retry policy for every write and lookup; between attempts it tells liveness.
+    retry = RetryPolicy.from_settings(settings.dynamodb, health.turned)
+    concurrency = settings.dynamodb.concurrency
+    sink = DynamoSink(dynamodb_writer(settings.dynamodb, concurrency, retry), concurrency, retry)
+    lookups = Lookups(settings.postgres.lookups(), retry=retry)
     dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
     return Pipeline(
         settings,
@@ -331,4 +360,5 @@ def build(
         health,
         before_write,
         refuse_older_than_horizon,
+        retry,
     )

@@ -11,18 +11,20 @@ is the point of the guard.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from replicator.errors import SinkError
+from replicator.dynamo_wire import RETRYABLE_CODES, THROTTLE_CODES, is_retryable
+from replicator.errors import SinkError, SystemicSinkError
 from replicator.events import ChangeEvent, Op, Origin, Position
 from replicator.mapping import Item, TableMapping
+from replicator.retry import RetryPolicy
 
 POS = "_pos"  # encoded Position of the change the item reflects
 SOURCE_MS = "_src_ms"  # commit time in PostgreSQL, for end-to-end latency
@@ -31,13 +33,124 @@ META_ATTRIBUTES = (POS, SOURCE_MS, DELETED)
 # Names through placeholders: real DynamoDB is stricter than the local endpoint about names
 # that start with '_' inside expressions.
 _GUARD = "attribute_not_exists(#pos) OR #pos < :pos"
-# An item DynamoDB refuses (too large, invalid value): dead-letter it, retrying cannot help.
-_REFUSED_ITEM_CODES = {"ValidationException", "ItemCollectionSizeLimitExceededException"}
 _THROTTLE_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
-_RETRYABLE_REASONS = {"TransactionConflict", *_THROTTLE_REASONS}
 # Asked on every write: DynamoDB adds ~60 bytes to the answer, and it is the only way to know
 # the write units an item really cost (size, GSIs) for `replicator cost`.
 _CAPACITY = "TOTAL"
+
+
+class Verdict(Enum):
+    """What a refused write means for the events it stands for."""
+
+    STALE = "stale"  # the guard's condition failed: a newer change is stored (its very point)
+    REFUSED = "refused"  # this item can never be stored as it is: park its events
+    SYSTEMIC = "systemic"  # no write can succeed until someone acts: stop the batch, commit nothing
+    TRANSIENT = "transient"  # throughput, conflicts, DynamoDB's own failures, the network: retry
+
+
+# How DynamoDB words a refusal, and what it means here: (codes, message fragment, verdict), the
+# first row whose code matches and whose fragment is in the message (case-insensitive) wins.
+# Codes are an error's Error.Code ("...Exception") or a cancelled transaction's per-action
+# reason (no suffix: ValidationError, ConditionalCheckFailed). DynamoDB answers
+# ValidationException both for an item it cannot store and for a request that cannot fit the
+# table at all; only the message tells them apart. The systemic wordings come first; any other
+# validation message is taken to be about the item, which parks (and can be replayed) rather
+# than stopping every partition on one row.
+_VALIDATION = frozenset({"ValidationException", "ValidationError"})
+_VERDICTS: tuple[tuple[frozenset[str], str, Verdict], ...] = (
+    (frozenset({"ConditionalCheckFailedException", "ConditionalCheckFailed"}), "", Verdict.STALE),
+    # The table's key schema is not the mapping's: every write to it fails alike.
+    # "One or more parameter values were invalid: Missing the key SK in the item"
+    (_VALIDATION, "missing the key", Verdict.SYSTEMIC),
+    # UpdateItem's Key names other attributes than the table's key
+    (_VALIDATION, "the provided key element does not match the schema", Verdict.SYSTEMIC),
+    # "... Type mismatch for key PK expected: S actual: N"; "... for Index Key GSI1PK ..."
+    (_VALIDATION, "type mismatch for key", Verdict.SYSTEMIC),
+    (_VALIDATION, "type mismatch for index key", Verdict.SYSTEMIC),
+    # The request does not fit the API's model (what boto3 checks before sending, as
+    # ParamValidationError): "1 validation error detected: Value '' at 'tableName' failed to
+    # satisfy constraint: Member must have length greater than or equal to 3"
+    (_VALIDATION, "failed to satisfy constraint", Verdict.SYSTEMIC),
+    # Any other: the item. "Item size has exceeded the maximum allowed size" (UpdateItem: "Item
+    # size to update has ..."); "... The AttributeValue for a key attribute cannot contain an
+    # empty string value" (of the table's key or a GSI's); "Number overflow." / "Number
+    # underflow. Attempting to store a number with magnitude ..."; "Attempting to store more
+    # than 38 significant digits in a Number"; "The parameter cannot be converted to a numeric
+    # value"; "Size of hashkey has exceeded the maximum size limit of 2048 bytes"
+    (_VALIDATION, "", Verdict.REFUSED),
+    # An item collection (items sharing a partition key, with a local index) over 10 GB
+    (
+        frozenset({"ItemCollectionSizeLimitExceededException", "ItemCollectionSizeLimitExceeded"}),
+        "",
+        Verdict.REFUSED,
+    ),
+    # Nothing can be written until someone acts: a missing table ("Requested resource not
+    # found", also while it is being created), access, credentials, not DynamoDB at that URL.
+    (
+        frozenset(
+            {
+                "ResourceNotFoundException",
+                "AccessDeniedException",
+                "UnrecognizedClientException",
+                "InvalidSignatureException",
+                "IncompleteSignatureException",
+                "MissingAuthenticationTokenException",
+                "ExpiredTokenException",
+                "UnknownOperationException",
+                "SerializationException",
+            }
+        ),
+        "",
+        Verdict.SYSTEMIC,
+    ),
+    # Worth another attempt.
+    (
+        THROTTLE_CODES
+        | RETRYABLE_CODES
+        | {
+            "ThrottlingError",
+            "ProvisionedThroughputExceeded",
+            "TransactionConflict",
+            "TransactionConflictException",
+            "ReplicatedWriteConflictException",
+            "InternalServerError",
+            "ServiceUnavailable",
+        },
+        "",
+        Verdict.TRANSIENT,
+    ),
+)
+
+
+def classify(code: str, message: str = "", status: int = 0) -> Verdict:
+    """What DynamoDB's refusal (error code, message, HTTP status) means, by ``_VERDICTS``.
+    Anything unlisted is transient when DynamoDB failed itself (5xx), else systemic: an unknown
+    refusal stops the batch with its reason, never parks or drops events on a guess."""
+    text = message.lower()
+    for codes, fragment, verdict in _VERDICTS:
+        if code in codes and fragment in text:
+            return verdict
+    return Verdict.TRANSIENT if status >= 500 else Verdict.SYSTEMIC
+
+
+def _verdict(exc: BaseException) -> tuple[Verdict, str]:
+    """An exception of either client, classified, with a short description."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", ""), error.get("Message", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return classify(code, message, status), f"{code}: {message}"
+    # botocore's own: the endpoint not reached (transient), or the request never sent (boto3's
+    # ParamValidationError, no credentials, a certificate refused): systemic.
+    return (Verdict.TRANSIENT if is_retryable(exc) else Verdict.SYSTEMIC), str(exc)
+
+
+def _sink_error(verdict: Verdict, text: str, exc: BaseException) -> SinkError:
+    if verdict is Verdict.SYSTEMIC:
+        return SystemicSinkError(text)
+    if isinstance(exc, BotoCoreError):
+        return SinkError(f"DynamoDB unreachable: {exc}")
+    return SinkError(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +354,14 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
     }
 
 
+def _refused(result: SinkResult, unit: list[tuple[Write, Any]], reason: str) -> SinkResult:
+    """A unit DynamoDB refused: every write of it failed with the reason, none applied (a
+    cancelled transaction applies nothing; actions dropped as stale were not applied either)."""
+    result.applied = result.stale = 0
+    result.failed = [(write, reason) for write, _ in unit]
+    return result
+
+
 def _account(part: TableResult, response: dict[str, Any]) -> None:
     """Consumed write units and throttled attempts from a write's answer: one dict for a
     single write, a list (one per table) for a transaction. ``ThrottledAttempts`` is set by
@@ -265,9 +386,11 @@ class DynamoSink:
     one row's writes are in one unit, so no two requests in flight touch the same item.
     """
 
-    def __init__(self, client: Any, concurrency: int = 16, max_attempts: int = 8) -> None:
+    def __init__(
+        self, client: Any, concurrency: int = 16, retry: RetryPolicy | None = None
+    ) -> None:
         self.client = client
-        self.max_attempts = max_attempts
+        self.retry = retry or RetryPolicy()  # a key move's cancelled transaction, retried
         self.concurrency = concurrency
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sink")
 
@@ -287,7 +410,14 @@ class DynamoSink:
         result = SinkResult()
         # One task per worker, not per write: a future per write costs more CPU than the write.
         lanes = [singles[i :: self.concurrency] for i in range(min(self.concurrency, len(singles)))]
-        parts = [part for lane in self.pool.map(self._write_lane, lanes) for part in lane]
+        futures = [self.pool.submit(self._write_lane, lane) for lane in lanes]
+        # Every lane ends before a failure goes up, so a retried batch never overlaps this one;
+        # a systemic failure wins over a transient one: it is what an operator must see.
+        wait(futures)
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            raise next((e for e in errors if isinstance(e, SystemicSinkError)), errors[0])
+        parts = [part for f in futures for part in f.result()]
         # Key moves go after the single writes, one at a time. Nothing needs that on real
         # DynamoDB (rows are independent), but the local endpoint rolls back a cancelled
         # transaction by restoring a copy of the whole table, which silently drops writes made
@@ -310,20 +440,19 @@ class DynamoSink:
         try:
             # The client retries throttling and 5xx with jittered backoff.
             response = call(**request, ReturnConsumedCapacity=_CAPACITY)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code == "ConditionalCheckFailedException":
+        except (ClientError, BotoCoreError) as exc:
+            verdict, text = _verdict(exc)
+            if verdict is Verdict.STALE:
                 result.stale += 1
                 part = result.table(write.mapping.name)
                 part.stale += len(write.origins)
                 part.write_s.append(time.perf_counter() - started)
                 return
-            if code in _REFUSED_ITEM_CODES:
-                result.failed.append((write, f"{code}: {exc}"))
+            if verdict is Verdict.REFUSED:
+                result.failed.append((write, text))
                 return
-            raise SinkError(f"DynamoDB write to {write.mapping.name} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise SinkError(f"DynamoDB unreachable: {exc}") from exc
+            text = f"DynamoDB write to {write.mapping.name} failed: {text}"
+            raise _sink_error(verdict, text, exc) from exc
         result.applied += 1
         part = result.table(write.mapping.name)
         part.applied += len(write.origins)
@@ -347,58 +476,83 @@ class DynamoSink:
     def _transact(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
         result = SinkResult()
         pending = unit
-        for attempt in range(self.max_attempts):
+        table = unit[0][0].mapping.name
+        started = self.retry.clock()
+        for attempt in range(self.retry.attempts):
             if not pending:
                 return result
             try:
-                started = time.perf_counter()
+                sent = time.perf_counter()
                 response = self.client.transact_write_items(
                     TransactItems=[a for _, a in pending], ReturnConsumedCapacity=_CAPACITY
                 )
                 part = result.table(pending[0][0].mapping.name)
-                part.write_s.append(time.perf_counter() - started)
+                part.write_s.append(time.perf_counter() - sent)
                 if response:
                     _account(part, response)
                 result.applied += len(pending)
                 return result
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
-                if code in _REFUSED_ITEM_CODES:
-                    result.failed += [(w, f"{code}: {exc}") for w, _ in pending]
-                    return result
                 if code != "TransactionCanceledException":
-                    raise SinkError(f"DynamoDB transaction failed: {exc}") from exc
+                    verdict, text = _verdict(exc)
+                    if verdict is Verdict.REFUSED:
+                        return _refused(result, unit, text)
+                    text = f"DynamoDB transaction on {table} failed: {text}"
+                    raise _sink_error(verdict, text, exc) from exc
                 reasons = exc.response.get("CancellationReasons") or []
                 if len(reasons) != len(pending):
                     raise SinkError(
                         f"transaction cancelled without per-item reasons: {exc}"
                     ) from exc
+                # "None": that action was fine, another one cancelled the transaction.
+                verdicts = [
+                    None
+                    if r.get("Code") in (None, "None")
+                    else classify(r["Code"], r.get("Message") or "")
+                    for r in reasons
+                ]
+                for grave in (Verdict.SYSTEMIC, Verdict.REFUSED):  # the gravest reason decides
+                    if grave in verdicts:
+                        reason = reasons[verdicts.index(grave)]
+                        text = f"{reason['Code']}: {reason.get('Message', '')}"
+                        if grave is Verdict.SYSTEMIC:
+                            raise SystemicSinkError(
+                                f"DynamoDB transaction on {table} failed: {text}"
+                            ) from exc
+                        # Refused (too large, an invalid value): retrying the rest alone would
+                        # apply the marker and leave the row at neither key. Park it all.
+                        return _refused(result, unit, text)
                 retry, must_wait = [], False
-                for pair, reason in zip(pending, reasons, strict=True):
-                    reason_code = reason.get("Code") or "None"
-                    if reason_code == "ConditionalCheckFailed":
-                        result.stale += 1  # a newer change is stored: skipping is the point
-                    elif reason_code == "None":
-                        retry.append(pair)
-                    elif reason_code in _RETRYABLE_REASONS:
-                        retry.append(pair)
+                for pair, reason, verdict in zip(pending, reasons, verdicts, strict=True):
+                    if verdict is Verdict.STALE:
+                        # That key already holds a newer change of this same row (keys contain
+                        # the primary key: no other row writes there), applied whole by its own
+                        # write. The other actions stay guarded, so each lands only where
+                        # nothing newer is stored: every key ends with its newest change, as
+                        # if the events had come in order, and the newer change that beat this
+                        # one has already placed the row. So the rest may proceed without it.
+                        result.stale += 1
+                        continue
+                    retry.append(pair)
+                    if verdict is Verdict.TRANSIENT:  # a conflict or throttling: back off
                         must_wait = True
-                        if reason_code in _THROTTLE_REASONS:
+                        if reason["Code"] in _THROTTLE_REASONS:
                             result.table(pair[0].mapping.name).throttled += 1
-                    else:
-                        result.failed.append(
-                            (pair[0], f"{reason_code}: {reason.get('Message', '')}")
-                        )
                 pending = retry
                 if not must_wait:
-                    continue  # only stale or refused actions dropped: retry the rest at once
+                    continue  # only stale actions dropped: retry the rest at once
             except BotoCoreError as exc:
-                if attempt == self.max_attempts - 1:
-                    raise SinkError(f"DynamoDB unreachable: {exc}") from exc
-            time.sleep(min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+                # The client has spent its own attempts on it: the batch retries from here.
+                verdict, text = _verdict(exc)
+                raise _sink_error(verdict, text, exc) from exc
+            wait = self.retry.next_wait(attempt, started)
+            if wait is None:
+                break
+            self.retry.pause(wait)
         if pending:
             raise SinkError(
-                f"{len(pending)} writes still failing after {self.max_attempts} "
-                "attempts (throttling or conflicts)"
+                f"DynamoDB transaction on {table}: {len(pending)} writes still cancelled "
+                "(conflicts or throttling) after the retry policy's attempts or deadline"
             )
         return result

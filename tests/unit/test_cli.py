@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from replicator.cli import app
@@ -72,3 +73,49 @@ def test_unreachable_connect_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("REPLICATOR_CONNECTOR__URL", "http://127.0.0.1:9")
     code, output = run("connector", "status")
     assert code == 1 and "did not answer" in output
+
+
+# kafka.extra is merged last into every consumer's config: what would break the commit protocol.
+BREAKS_THE_COMMIT_PROTOCOL = [
+    ({"enable.auto.commit": "true"}, "enable.auto.commit"),
+    ({"enable.auto.commit": "1"}, "enable.auto.commit"),  # librdkafka reads 1 and t as true
+    ({"auto.commit.enable": "true"}, "auto.commit.enable"),
+    ({"enable.auto.offset.store": "True"}, "enable.auto.offset.store"),
+    ({"isolation.level": "read_uncommitted"}, "isolation.level"),
+    ({"group.id": "other"}, "group.id"),
+    ({"enable.partition.eof": "false"}, "enable.partition.eof"),
+]
+
+
+@pytest.mark.parametrize(("extra", "key"), BREAKS_THE_COMMIT_PROTOCOL)
+@pytest.mark.parametrize("command", [["config", "show"], ["run"], ["backfill"]])
+def test_kafka_extra_that_breaks_the_commit_protocol_is_refused_at_start(
+    tmp_path: Path, extra: dict[str, str], key: str, command: list[str]
+) -> None:
+    config = tmp_path / "replicator.yaml"
+    nowhere = "127.0.0.1:9"  # were the settings accepted, no real broker or table is touched
+    kafka = {"bootstrap_servers": nowhere, "extra": {"client.rack": "a", **extra}}
+    data = {
+        "kafka": kafka,
+        "dynamodb": {"endpoint_url": f"http://{nowhere}"},
+        "metrics": {"enabled": False},
+    }
+    config.write_text(yaml.safe_dump(data))
+    code, output = run("--config", str(config), *command)
+    assert code == 1 and "kafka.extra" in output and key in output
+    assert "Traceback" not in output
+
+
+def test_kafka_extra_that_keeps_the_commit_protocol_is_accepted(tmp_path: Path) -> None:
+    config = tmp_path / "replicator.yaml"
+    harmless = {
+        "enable.auto.commit": "false",
+        "enable.auto.offset.store": "false",
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "latest",  # where a group without offsets starts: not refused
+        "security.protocol": "SASL_SSL",
+        "session.timeout.ms": "6000",
+    }
+    config.write_text(yaml.safe_dump({"kafka": {"extra": harmless}}))
+    code, output = run("--config", str(config), "config", "show")
+    assert code == 0 and '"security.protocol": "SASL_SSL"' in output

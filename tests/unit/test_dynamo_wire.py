@@ -5,8 +5,10 @@ codes, cancellation reasons, retries with backoff, transport failures)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,15 +27,18 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    ReadTimeoutError,
 )
 from factories import create_record, log_row, update_record
 
 from replicator.config import DynamoSettings, default_tables
 from replicator.decode import decode
-from replicator.dynamo import dynamodb_writer
+from replicator.dynamo import dynamodb_client, dynamodb_writer
 from replicator.dynamo_wire import DynamoWireClient
+from replicator.errors import SystemicSinkError
 from replicator.events import ChangeEvent
 from replicator.pipeline import to_change
+from replicator.retry import RetryPolicy
 from replicator.sink import DynamoSink, plan
 
 LOGS = "dbo.integrationlogs"
@@ -129,15 +134,22 @@ def endpoint() -> Iterator[Endpoint]:
 
 
 def client(
-    url: str, sleeps: list[float] | None = None, token: str | None = None, **kwargs: Any
+    url: str,
+    sleeps: list[float] | None = None,
+    token: str | None = None,
+    *,
+    max_attempts: int = 10,
+    backoff_base_s: float = 0.05,
+    backoff_cap_s: float = 5.0,
+    **kwargs: Any,
 ) -> DynamoWireClient:
+    """The wire client; its retry policy records its waits in ``sleeps`` instead of sleeping."""
     recorded = sleeps if sleeps is not None else []
+    retry = RetryPolicy(
+        attempts=max_attempts, base_s=backoff_base_s, cap_s=backoff_cap_s, sleep=recorded.append
+    )
     return DynamoWireClient(
-        url,
-        "eu-west-1",
-        Credentials(KEY_ID, SECRET, token),
-        sleep=recorded.append,
-        **kwargs,
+        url, "eu-west-1", Credentials(KEY_ID, SECRET, token), retry=retry, **kwargs
     )
 
 
@@ -454,6 +466,210 @@ def test_dynamo_sink_counts_consumed_capacity_and_throttles_per_table(endpoint: 
     assert part.capacity == 1.0 + 2.0 + 4.0
     assert part.throttled == 2  # log 1's first attempt and the transaction's first try
     assert part.applied == 3
+
+
+# --- refusals, classified alike on both clients ----------------------------------------------
+
+
+def writer(kind: str, url: str) -> Any:
+    """The sink's writer of that kind, pointed at the fake endpoint."""
+    if kind == "wire":
+        return client(url)
+    return dynamodb_writer(DynamoSettings(endpoint_url=url, client="boto3"))
+
+
+# As DynamoDB words them (see replicator.sink.classify).
+ITEM_REFUSALS = [
+    ("ValidationException", "Item size has exceeded the maximum allowed size"),
+    (
+        "ValidationException",
+        "One or more parameter values are not valid. The AttributeValue for a key attribute "
+        "cannot contain an empty string value. Key: PK",
+    ),
+    (
+        "ValidationException",
+        "Number overflow. Attempting to store a number with magnitude larger than supported range",
+    ),
+    ("ItemCollectionSizeLimitExceededException", "Collection size exceeded."),
+]
+SYSTEMIC_REFUSALS = [
+    (
+        "ValidationException",
+        "One or more parameter values were invalid: Missing the key SK in the item",
+    ),
+    ("ValidationException", "The provided key element does not match the schema"),
+    (
+        "ValidationException",
+        "One or more parameter values were invalid: Type mismatch for key PK expected: N actual: S",
+    ),
+    ("ResourceNotFoundException", "Requested resource not found"),
+    ("AccessDeniedException", "User: arn:aws:iam::1:user/r is not authorized to perform PutItem"),
+    ("UnrecognizedClientException", "The security token included in the request is invalid."),
+    ("UnknownOperationException", ""),
+]
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+@pytest.mark.parametrize(("code", "message"), ITEM_REFUSALS)
+def test_an_item_level_refusal_parks_that_write_on_both_clients(
+    endpoint: Endpoint, kind: str, code: str, message: str
+) -> None:
+    def by_log(seen: Seen) -> Answer:
+        if seen.json["Item"]["LogId"] == {"N": "2"}:
+            return error(code, message)
+        return Answer()
+
+    endpoint.default = by_log
+    batch = _writes(create_record(LOGS, log_row(logid=1)), create_record(LOGS, log_row(logid=2)))
+    sink = DynamoSink(writer(kind, endpoint.url), concurrency=2)
+    try:
+        result = sink.write(batch)
+    finally:
+        sink.close()
+    assert result.applied == 1
+    assert [w.item["LogId"] for w, _ in result.failed if w.item] == [{"N": "2"}]
+    assert code in result.failed[0][1]
+    assert len(endpoint.seen) == 2  # never retried
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+@pytest.mark.parametrize(("code", "message"), SYSTEMIC_REFUSALS)
+def test_a_systemic_refusal_stops_the_batch_on_both_clients(
+    endpoint: Endpoint, kind: str, code: str, message: str
+) -> None:
+    endpoint.default = error(code, message)
+    batch = _writes(create_record(LOGS, log_row(logid=1)), create_record(LOGS, log_row(logid=2)))
+    sink = DynamoSink(writer(kind, endpoint.url), concurrency=2)
+    try:
+        with pytest.raises(SystemicSinkError) as caught:
+            sink.write(batch)
+    finally:
+        sink.close()
+    assert code in str(caught.value) and message in str(caught.value)
+    assert len(endpoint.seen) == 2  # each lane tried once; nothing parked, nothing retried
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_a_key_move_cancelled_for_a_systemic_reason_stops_the_batch(
+    endpoint: Endpoint, kind: str
+) -> None:
+    reasons = [
+        {"Code": "ValidationError", "Message": "Type mismatch for Index Key GSI1PK Expected: S"},
+        {"Code": "None"},
+    ]
+    endpoint.default = error("TransactionCanceledException", CancellationReasons=reasons)
+    moved = log_row(logid=4, servicename="EmailService")
+    sink = DynamoSink(writer(kind, endpoint.url), concurrency=1)
+    try:
+        with pytest.raises(SystemicSinkError):
+            sink.write(_writes(update_record(LOGS, log_row(logid=4), moved)))
+    finally:
+        sink.close()
+    assert len(endpoint.seen) == 1
+
+
+# --- the retry policy and timeouts, from the settings -----------------------------------------
+
+
+def test_timeouts_and_attempts_come_from_the_settings() -> None:
+    settings = DynamoSettings(
+        max_attempts=3,
+        backoff_base_s=0.2,
+        backoff_cap_s=2.0,
+        request_deadline_s=9.0,
+        connect_timeout_s=1.5,
+        read_timeout_s=2.5,
+    )
+    policy = RetryPolicy.from_settings(settings)
+    wire = dynamodb_writer(settings)
+    assert isinstance(wire, DynamoWireClient)
+    assert wire.retry == policy
+    assert (wire._pool.timeout.connect_timeout, wire._pool.timeout.read_timeout) == (1.5, 2.5)
+
+    boto = dynamodb_writer(settings.model_copy(update={"client": "boto3"}))
+    assert boto.retry == policy  # type: ignore[attr-defined]
+    config = boto.meta.config  # type: ignore[attr-defined]
+    assert (config.connect_timeout, config.read_timeout) == (1.5, 2.5)
+    assert config.retries["total_max_attempts"] == 1  # the policy retries, not botocore too
+
+    other = dynamodb_client(settings)  # tables, verify, cost: botocore's retries, same bounds
+    assert other.meta.config.retries["total_max_attempts"] == 3
+    assert (other.meta.config.connect_timeout, other.meta.config.read_timeout) == (1.5, 2.5)
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_both_writers_retry_by_the_policy_and_count_throttled_attempts(
+    endpoint: Endpoint, kind: str
+) -> None:
+    endpoint.script = [
+        error("ThrottlingException"),
+        error("ProvisionedThroughputExceededException"),
+    ]
+    sleeps: list[float] = []
+    retry = RetryPolicy(attempts=5, base_s=0.1, cap_s=0.25, sleep=sleeps.append)
+    settings = DynamoSettings(endpoint_url=endpoint.url, client=kind)  # type: ignore[arg-type]
+    result = dynamodb_writer(settings, retry=retry).put_item(**PUT)
+    assert result["ResponseMetadata"]["ThrottledAttempts"] == 2
+    assert len(endpoint.seen) == 3
+    assert len(sleeps) == 2 and all(0 <= w <= min(0.25, 0.1 * 2**n) for n, w in enumerate(sleeps))
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_both_writers_keep_the_transaction_token_across_retries(
+    endpoint: Endpoint, kind: str
+) -> None:
+    endpoint.script = [error("ThrottlingException")]
+    settings = DynamoSettings(endpoint_url=endpoint.url, client=kind)  # type: ignore[arg-type]
+    writer = dynamodb_writer(settings, retry=RetryPolicy(sleep=lambda _s: None))
+    writer.transact_write_items(TransactItems=[{"Put": PUT}])
+    first, second = endpoint.seen
+    assert first.json["ClientRequestToken"] == second.json["ClientRequestToken"]
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.05)
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_an_endpoint_that_never_answers_is_given_up_at_the_request_deadline(
+    silent: str, kind: str
+) -> None:
+    """Each attempt ends at the read timeout; no retry starts past the deadline, although
+    attempts remain (waits are recorded, not slept)."""
+    settings = DynamoSettings(
+        endpoint_url=silent,
+        client=kind,  # type: ignore[arg-type]
+        connect_timeout_s=0.5,
+        read_timeout_s=0.1,
+    )
+    sleeps: list[float] = []
+    retry = RetryPolicy(attempts=100, base_s=0.01, cap_s=0.01, deadline_s=0.35, sleep=sleeps.append)
+    started = time.monotonic()
+    with pytest.raises(ReadTimeoutError):
+        dynamodb_writer(settings, retry=retry).put_item(**PUT)
+    assert 2 <= len(sleeps) + 1 <= 10  # attempts: bounded by the deadline, not by 100
+    assert time.monotonic() - started < 0.35 + 0.1 + 1.0
 
 
 # --- settings ---------------------------------------------------------------------------------

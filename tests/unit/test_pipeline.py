@@ -3,14 +3,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from botocore.exceptions import ClientError
 from factories import create_record, log_row, update_record
-from test_metrics import FakeDeadLetters, FakeDynamo, FakeMessage, FakeSource, NoLookups, pipeline
+from test_metrics import (
+    FakeDeadLetters,
+    FakeDynamo,
+    FakeMessage,
+    FakeSource,
+    NoLookups,
+    RecordingLog,
+    pipeline,
+)
 
-from replicator.config import Settings
-from replicator.errors import LookupUnavailableError
-from replicator.pipeline import Pipeline
-from replicator.sink import DynamoSink
+from replicator.config import DynamoSettings, Settings
+from replicator.errors import LookupUnavailableError, SinkError, SystemicSinkError
+from replicator.pipeline import Pipeline, build
+from replicator.sink import DynamoSink, SinkResult, Write
 
 LOGS = "dbo.integrationlogs"
 
@@ -100,3 +109,149 @@ def test_the_live_consumer_refuses_nothing_for_age() -> None:
     p = _replaying_pipeline(client, refuse=False)
     p.process([_aged(8, 400)])
     assert client.requests == 1 and p.stats.refused == 0 and p.stats.applied == 1
+
+
+class RefusesEverything(FakeDynamo):
+    """DynamoDB answers every write with the same refusal."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__()
+        self.error = {"Error": {"Code": code, "Message": message}}
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        self.requests += 1
+        raise ClientError(self.error, "PutItem")  # type: ignore[arg-type]
+
+    update_item = put_item
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("ValidationException", "One or more parameter values were invalid: Missing the key SK"),
+        ("ResourceNotFoundException", "Requested resource not found"),
+    ],
+)
+def test_a_systemic_refusal_commits_nothing_parks_nothing_and_is_not_ready(
+    code: str, message: str
+) -> None:
+    p = pipeline(RefusesEverything(code, message))
+    p.health.assignment(True, 3)
+    p.stopping.set()  # the wait before the next attempt returns at once: the batch gives up
+    with pytest.raises(SystemicSinkError):
+        p.process([FakeMessage(create_record(LOGS, log_row(logid=5)))])
+    assert p.source.consumer.commits == []  # type: ignore[attr-defined]
+    assert p.dead_letters.parked == []  # type: ignore[attr-defined]
+    ready, body = p.health.ready()
+    assert not ready and message in body["reason"]
+
+
+# --- the batch loop retries by the policy, forever ------------------------------------------
+
+
+class FlakySink:
+    """Fails ``failures`` times with ``error``, then writes every write."""
+
+    def __init__(self, failures: int, error: SinkError) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    def write(self, writes: list[Write]) -> SinkResult:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return SinkResult(applied=len(writes))
+
+    def close(self) -> None:
+        pass
+
+
+class Waits:
+    """The pipeline's wait between attempts: records it and what the probes said, never
+    sleeps, never stops."""
+
+    def __init__(self, p: Any) -> None:
+        self.p = p
+        self.waits: list[float] = []
+        self.ready: list[tuple[bool, dict[str, Any]]] = []
+
+    def __call__(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.ready.append(self.p.health.ready())
+        return False
+
+
+def retried(error: SinkError, failures: int) -> tuple[Any, Waits]:
+    p = pipeline(FakeDynamo())
+    p.sink = FlakySink(failures, error)  # type: ignore[assignment]
+    p.health.assignment(True, 1)
+    waits = Waits(p)
+    p.stopping.wait = waits  # type: ignore[method-assign,assignment]
+    p.process([FakeMessage(create_record(LOGS, log_row(logid=5)))])
+    return p, waits
+
+
+def test_transient_failures_back_off_with_full_jitter_up_to_the_cap_and_never_give_up() -> None:
+    p, waits = retried(SinkError("DynamoDB unreachable: connection refused"), failures=15)
+    assert p.sink.calls == 16
+    cap, base = p.settings.dynamodb.backoff_cap_s, p.settings.dynamodb.backoff_base_s
+    assert all(0.0 <= w <= min(cap, base * 2**n) for n, w in enumerate(waits.waits))
+    assert all(not ready and "unreachable" in body["reason"] for ready, body in waits.ready)
+    assert len(p.source.consumer.commits) == 1  # committed once, after the write
+    assert p.health.ready()[0]
+
+
+def test_a_systemic_refusal_is_retried_at_the_cap_until_it_is_fixed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import replicator.pipeline
+
+    recording = RecordingLog()
+    monkeypatch.setattr(replicator.pipeline, "log", recording)
+    refusal = SystemicSinkError("DynamoDB write to IntegrationLogs failed: ResourceNotFound")
+    p, waits = retried(refusal, failures=3)
+    assert waits.waits == [p.settings.dynamodb.backoff_cap_s] * 3
+    assert all(not ready and "ResourceNotFound" in body["reason"] for ready, body in waits.ready)
+    assert len(p.source.consumer.commits) == 1  # once the cause is fixed, it goes on by itself
+    assert p.health.ready()[0]
+    (said,) = {line["event"] for line in recording.lines if line.get("retry_in_s") == 5.0}
+    assert "retrying does not fix" in said and "by itself once the cause is fixed" in said
+
+
+def test_a_lookup_outage_backs_off_by_the_policy() -> None:
+    class DownThrice(FlakyLookups):
+        def fill(self, mapping: Any, rows: list[dict[str, Any]]) -> None:
+            self.calls += 1
+            if self.calls <= 3:
+                raise LookupUnavailableError("lookup 'customerid': PostgreSQL unreachable")
+
+    p = pipeline(FakeDynamo())
+    p.lookups = DownThrice()  # type: ignore[assignment]
+    waits = Waits(p)
+    p.stopping.wait = waits  # type: ignore[method-assign,assignment]
+    p.process([FakeMessage(create_record(LOGS, log_row(logid=5)))])
+    base = p.settings.dynamodb.backoff_base_s
+    assert len(waits.waits) == 3
+    assert all(0.0 <= w <= base * 2**n for n, w in enumerate(waits.waits))
+    assert p.stats.applied == 1
+
+
+def test_build_gives_every_write_and_lookup_path_the_settings_retry_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import replicator.pipeline
+
+    monkeypatch.setattr(replicator.pipeline, "ensure_topic", lambda *_a, **_k: None)
+    monkeypatch.setattr(replicator.pipeline, "DeadLetters", lambda *_a, **_k: FakeDeadLetters())
+    settings = Settings(dynamodb=DynamoSettings(max_attempts=3, backoff_cap_s=7.0))
+    p = build(settings, source=FakeSource())  # type: ignore[arg-type]
+    try:
+        policy = p.retry
+        assert (policy.attempts, policy.cap_s) == (3, 7.0)
+        assert policy.turned == p.health.turned  # liveness told between attempts
+        assert p.sink.retry is policy  # the transaction loop
+        assert p.sink.client.retry is policy  # each request
+        assert p.lookups.retry is policy
+    finally:
+        p.sink.close()
