@@ -405,11 +405,11 @@ class DynamoSink:
         units: dict[tuple[Origin, ...], list[tuple[Write, dict[str, Any]]]] = {}
         for w in writes:
             units.setdefault(w.origins, []).append((w, action(w, now_s)))
-        singles = [u[0] for u in units.values() if len(u) == 1]
-        moves = [u for u in units.values() if len(u) > 1]
         result = SinkResult()
         # One task per worker, not per write: a future per write costs more CPU than the write.
-        lanes = [singles[i :: self.concurrency] for i in range(min(self.concurrency, len(singles)))]
+        # One row's writes are one unit, in one lane: no two requests in flight touch one item.
+        work = list(units.values())
+        lanes = [work[i :: self.concurrency] for i in range(min(self.concurrency, len(work)))]
         futures = [self.pool.submit(self._write_lane, lane) for lane in lanes]
         # Every lane ends before a failure goes up, so a retried batch never overlaps this one;
         # a systemic failure wins over a transient one: it is what an operator must see.
@@ -417,21 +417,20 @@ class DynamoSink:
         errors = [e for e in (f.exception() for f in futures) if e is not None]
         if errors:
             raise next((e for e in errors if isinstance(e, SystemicSinkError)), errors[0])
-        parts = [part for f in futures for part in f.result()]
-        # Key moves go after the single writes, one at a time. Nothing needs that on real
-        # DynamoDB (rows are independent), but the local endpoint rolls back a cancelled
-        # transaction by restoring a copy of the whole table, which silently drops writes made
-        # meanwhile by other requests. Key moves are rare, so this costs next to nothing.
-        parts += [self._write_transaction(unit) for unit in moves]
-        for part in parts:
+        for part in (part for f in futures for part in f.result()):
             result.merge(part)
         return result
 
-    def _write_lane(self, lane: list[tuple[Write, dict[str, Any]]]) -> list[SinkResult]:
+    def _write_lane(self, lane: list[list[tuple[Write, dict[str, Any]]]]) -> list[SinkResult]:
+        """A lane's units in turn: a single write, or a key move's transaction."""
         result = SinkResult()  # one per lane: nothing allocated per write but the timings
-        for write, act in lane:
-            self._write_one(result, write, act)
-        return [result]
+        parts = [result]
+        for unit in lane:
+            if len(unit) == 1:
+                self._write_one(result, *unit[0])
+            else:
+                parts.append(self._write_transaction(unit))
+        return parts
 
     def _write_one(self, result: SinkResult, write: Write, act: dict[str, Any]) -> None:
         ((kind, request),) = act.items()
