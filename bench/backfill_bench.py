@@ -16,7 +16,7 @@ same topic is then replayed by a naive consumer (decode and map by our functions
 conditional PutItem after another) into a fresh table, and the two are compared. With --live,
 a live consumer (`replicator run`, group of its own, reading from the topic's end) writes into
 the same table as a backfill of the whole topic, while rows are inserted at --live-rate per
-second; the live group's lag is sampled every second (replicator.lag.consumer_lag).
+second; the live group's lag is sampled every second (replicator.observe.lag.consumer_lag).
 """
 
 from __future__ import annotations
@@ -142,12 +142,12 @@ def naive_replay(config: Path, topic: str, target: str, total: int) -> tuple[flo
     conditional PutItem, one after another. Returns (events/s, CPU seconds)."""
     from confluent_kafka import Consumer
 
-    from replicator.decode import decode
-    from replicator.dynamo import dynamodb_client
-    from replicator.events import ChangeEvent, Origin
-    from replicator.pipeline import to_change
-    from replicator.sink import action, plan
-    from replicator.tables import ensure_table
+    from replicator.core.decode import decode
+    from replicator.core.events import ChangeEvent, Origin
+    from replicator.ops.tables import ensure_table
+    from replicator.stream.dynamo import dynamodb_client
+    from replicator.stream.pipeline import to_change
+    from replicator.stream.sink import action, plan
 
     settings = load_settings(config)
     mapping = settings.tables[0].model_copy(update={"name": target})
@@ -198,7 +198,7 @@ def live_run(
 ) -> dict[str, Any]:
     """A live consumer and a backfill into the same table, rows inserted meanwhile (and a burst
     of ``burst`` rows in one statement 20 s in, to see the backfill yield)."""
-    from replicator.lag import consumer_lag
+    from replicator.observe.lag import consumer_lag
 
     data = yaml.safe_load(config.read_text())
     data["kafka"]["group_id"] = f"bench-live-{source.tag}"
@@ -211,7 +211,7 @@ def live_run(
     data["kafka"]["group_id"] = live_settings.kafka.group_id  # the group it yields to
     backfill_config = config.with_name("backfill-live.yaml")
     backfill_config.write_text(yaml.safe_dump(data))
-    from replicator.tables import ensure_table
+    from replicator.ops.tables import ensure_table
 
     table = live_settings.tables[0].name  # IntegrationLogs: the live table
     drop_table(client, table)

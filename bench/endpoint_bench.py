@@ -31,7 +31,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from replicator.dynamo_wire import DynamoWireClient
+from replicator.stream.dynamo_wire import DynamoWireClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 from own_endpoint import dynoxide_command, serve

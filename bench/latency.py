@@ -26,7 +26,7 @@ import psycopg
 from confluent_kafka import Consumer
 
 from replicator.config import load_settings
-from replicator.dynamo import dynamodb_client
+from replicator.stream.dynamo import dynamodb_client
 
 
 def rss_mib(pattern: str) -> float:

@@ -28,10 +28,10 @@ from own_endpoint import own_endpoint  # beside this file
 from psycopg.rows import dict_row
 
 from replicator.config import Settings, load_settings
-from replicator.mapping import to_item
-from replicator.reads import DynamoReads, PostgresReads, reads_client, same
-from replicator.rows import source_row
-from replicator.tables import ensure_table
+from replicator.core.mapping import to_item
+from replicator.ops.rows import source_row
+from replicator.ops.tables import ensure_table
+from replicator.reads.path import DynamoReads, PostgresReads, reads_client, same
 
 SCHEMA = "readsbench"
 SERVICES = ["CreditCheckService", "PaymentGateway", "DocumentStore", "EmailService",

@@ -20,7 +20,7 @@ positions to the requested count, so every event is a distinct new item.
 
     .venv/bin/python bench/sink_bench.py capture [--insert 3000]
 
-records that fixture: optionally inserts rows with replicator.workload.Workload first (the
+records that fixture: optionally inserts rows with replicator.ops.workload.Workload first (the
 connector must be running), then reads loans.dbo.integrationlogs and loans.dbo.payments from the
 beginning and keeps the inserts (``op=c``).
 """
@@ -46,15 +46,15 @@ import orjson
 from botocore.exceptions import ClientError
 
 from replicator.config import Settings, load_settings
-from replicator.decode import decode
-from replicator.dynamo import dynamodb_client
-from replicator.dynamo_wire import DynamoWireClient
-from replicator.events import ChangeEvent, Origin
-from replicator.mapping import TableMapping
-from replicator.pipeline import to_change
-from replicator.retry import RetryPolicy
-from replicator.sink import Change, DynamoSink, action, plan
-from replicator.tables import ensure_table
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent, Origin
+from replicator.core.mapping import TableMapping
+from replicator.ops.tables import ensure_table
+from replicator.stream.dynamo import dynamodb_client
+from replicator.stream.dynamo_wire import DynamoWireClient
+from replicator.stream.pipeline import to_change
+from replicator.stream.retry import RetryPolicy
+from replicator.stream.sink import Change, DynamoSink, action, plan
 
 FIXTURE = Path(__file__).with_name("envelopes.jsonl.gz")
 LOGS_TOPIC = "loans.dbo.integrationlogs"
@@ -80,7 +80,7 @@ def capture(settings: Settings, insert: int, keep_logs: int, keep_payments: int)
     if insert:
         import psycopg
 
-        from replicator.workload import Workload
+        from replicator.ops.workload import Workload
 
         with psycopg.connect(settings.postgres.dsn(), autocommit=True) as conn:
             workload = Workload(conn, seed=int(time.time()))

@@ -98,7 +98,7 @@ def config(base: Settings, endpoint: str, folder: Path) -> Path:
 
 def child(config_path: Path, table: str, repair: bool) -> None:
     """One verify in this process; prints the summary and the peak RSS."""
-    from replicator.verify import VerifyOptions, verify
+    from replicator.ops.verify import VerifyOptions, verify
 
     settings = load_settings(config_path)
     mapping = settings.mapping_named(table)
@@ -156,8 +156,8 @@ def main() -> None:
     print(f"PostgreSQL ready ({args.rows} rows per table) in {time.monotonic() - started:.0f}s")
     path = config(base, args.endpoint, folder)
     settings = load_settings(path)
-    from replicator.dynamo import dynamodb_client
-    from replicator.tables import ensure_table
+    from replicator.ops.tables import ensure_table
+    from replicator.stream.dynamo import dynamodb_client
 
     client = dynamodb_client(settings.dynamodb)
     for mapping in settings.tables:

@@ -22,8 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from replicator.core.mapping import TableMapping
 from replicator.errors import ConfigError
-from replicator.mapping import TableMapping
 
 
 class _Section(BaseModel):
@@ -171,7 +171,7 @@ class DynamoSettings(_Section):
     region: str = "us-east-1"
     access_key_id: str | None = "local"
     secret_access_key: SecretStr | None = SecretStr("local")
-    # The one retry policy of every write and lookup (replicator.retry).
+    # The one retry policy of every write and lookup (replicator.stream.retry).
     max_attempts: int = Field(
         10,
         gt=0,

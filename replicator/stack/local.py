@@ -33,7 +33,7 @@ from psycopg import sql
 
 from replicator.config import Settings
 from replicator.errors import StackError
-from replicator.postgres import prepare
+from replicator.ops.postgres import prepare
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
@@ -512,8 +512,8 @@ class LocalStack:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        from replicator.dynamo import dynamodb_client
-        from replicator.tables import ensure_table
+        from replicator.ops.tables import ensure_table
+        from replicator.stream.dynamo import dynamodb_client
 
         client = dynamodb_client(self.s.dynamodb)
         for mapping in self.s.tables:

@@ -17,12 +17,12 @@ import psycopg
 import pytest
 import yaml
 
-from replicator.cli import _connector_payload
+from replicator.cli._common import connector_payload
 from replicator.config import Settings, load_settings
-from replicator.connector import ConnectClient
-from replicator.dynamo import dynamodb_client
+from replicator.ops.connector import ConnectClient
+from replicator.ops.tables import ensure_table
 from replicator.stack import LocalStack
-from replicator.tables import ensure_table
+from replicator.stream.dynamo import dynamodb_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def stack(settings: Settings) -> LocalStack:
     local = LocalStack(settings, say=lambda text: print(f"[stack] {text}", flush=True))
     local.up()
     client = ConnectClient(settings)
-    client.apply(_connector_payload(settings))
+    client.apply(connector_payload(settings))
     client.wait_running(timeout_s=120)
     return local
 

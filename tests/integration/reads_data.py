@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from replicator.config import Settings
-from replicator.reads import DynamoReads, PostgresReads, StoreError
+from replicator.reads.path import DynamoReads, PostgresReads, StoreError
 from tests.integration.helpers import wait_for
 
 SUFFIX = f"_reads{uuid.uuid4().hex[:6]}"

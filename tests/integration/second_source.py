@@ -15,10 +15,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.cli import _connector_payload
+from replicator.cli._common import connector_payload
 from replicator.config import Settings
-from replicator.connector import ConnectClient
-from replicator.postgres import prepare
+from replicator.ops.connector import ConnectClient
+from replicator.ops.postgres import prepare
 
 
 class SecondSource:
@@ -61,7 +61,7 @@ class SecondSource:
 
     def start_connector(self) -> None:
         client = ConnectClient(self.settings)
-        client.apply(_connector_payload(self.settings))
+        client.apply(connector_payload(self.settings))
         client.wait_running(timeout_s=120)
 
     def consumer_config(self, data: dict[str, Any]) -> None:

@@ -20,10 +20,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from replicator.config import Settings, load_settings
-from replicator.lookup import Lookups
-from replicator.mapping import TableMapping, to_item
-from replicator.rows import source_rows
-from replicator.workload import Workload
+from replicator.core.mapping import TableMapping, to_item
+from replicator.ops.rows import source_rows
+from replicator.ops.workload import Workload
+from replicator.stream.lookup import Lookups
 from tests.integration.conftest import ROOT
 from tests.integration.helpers import key_text, normalized, replica_items, wait_for
 from tests.integration.second_source import SecondSource

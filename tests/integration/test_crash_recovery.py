@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from replicator.config import Settings, load_settings
-from replicator.workload import Workload
+from replicator.ops.workload import Workload
 from tests.integration.helpers import (
     caught_up,
     expected_items,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from replicator.config import Settings
-from replicator.read_api import ReadApi
-from replicator.reads import ReadPath
+from replicator.reads.api import ReadApi
+from replicator.reads.path import ReadPath
 from tests.integration.helpers import wait_for
 from tests.integration.test_metrics_health import free_port, get
 from tests.unit.test_dashboard import referenced_metrics

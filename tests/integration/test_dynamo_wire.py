@@ -15,13 +15,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from replicator.config import Settings, default_tables
-from replicator.decode import decode
-from replicator.dynamo_wire import DynamoWireClient
-from replicator.events import ChangeEvent
-from replicator.mapping import UNAVAILABLE, TableMapping
-from replicator.pipeline import to_change
-from replicator.sink import DELETED, POS, DynamoSink, SinkResult, Write, action, plan
-from replicator.tables import ensure_table
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent
+from replicator.core.mapping import UNAVAILABLE, TableMapping
+from replicator.ops.tables import ensure_table
+from replicator.stream.dynamo_wire import DynamoWireClient
+from replicator.stream.pipeline import to_change
+from replicator.stream.sink import DELETED, POS, DynamoSink, SinkResult, Write, action, plan
 from tests.integration.helpers import get_item
 from tests.unit.factories import (
     Record,
@@ -229,7 +229,7 @@ def table_state(client: Any, mappings: dict[str, TableMapping]) -> dict[str, Any
 def test_dynamo_sink_on_the_wire_client_matches_boto3(
     tables: dict[str, dict[str, TableMapping]], settings: Settings, dynamodb: Any
 ) -> None:
-    from replicator.dynamo import dynamodb_client
+    from replicator.stream.dynamo import dynamodb_client
 
     batches = scenario()
     outcomes: dict[str, list[tuple[int, int, int]]] = {}

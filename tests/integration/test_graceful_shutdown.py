@@ -19,13 +19,13 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from replicator.config import Settings
-from replicator.decode import decode
+from replicator.core.decode import decode
+from replicator.core.events import Op, Origin, Position, Skip
 from replicator.errors import DecodeError, MappingError
-from replicator.events import Op, Origin, Position, Skip
-from replicator.lookup import Lookups
-from replicator.pipeline import to_change
-from replicator.sink import DELETED, POS
-from replicator.workload import Workload
+from replicator.ops.workload import Workload
+from replicator.stream.lookup import Lookups
+from replicator.stream.pipeline import to_change
+from replicator.stream.sink import DELETED, POS
 from tests.integration.helpers import key_text, live_count, wait_for
 
 pytestmark = pytest.mark.stack

@@ -23,7 +23,7 @@ from confluent_kafka.admin import (
 )
 
 from replicator.config import Settings
-from replicator.horizon import DAY_MS, FOREVER_MS
+from replicator.stream.horizon import DAY_MS, FOREVER_MS
 from tests.integration.conftest import ROOT
 from tests.integration.helpers import get_item, visible
 from tests.unit.factories import create_record, log_row

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replicator.config import Settings, default_tables
-from replicator.decode import decode
-from replicator.dynamo import dynamodb_client
-from replicator.events import ChangeEvent
-from replicator.mapping import TableMapping, item_key, to_item
-from replicator.pipeline import to_change
-from replicator.sink import DELETED, META_ATTRIBUTES, DynamoSink, plan
-from replicator.tables import ensure_table
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent
+from replicator.core.mapping import TableMapping, item_key, to_item
+from replicator.ops.tables import ensure_table
+from replicator.stream.dynamo import dynamodb_client
+from replicator.stream.pipeline import to_change
+from replicator.stream.sink import DELETED, META_ATTRIBUTES, DynamoSink, plan
 from tests.integration.helpers import normalized
 from tests.unit.factories import (
     Record,

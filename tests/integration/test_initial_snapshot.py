@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from replicator.config import Settings
-from replicator.workload import Workload
+from replicator.ops.workload import Workload
 from tests.integration.helpers import expected_items, replica_items, wait_for
 from tests.integration.second_source import SecondSource
 

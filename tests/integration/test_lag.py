@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from replicator.config import Settings
-from replicator.lag import consumer_lag, slot_lag
-from replicator.workload import Workload
+from replicator.observe.lag import consumer_lag, slot_lag
+from replicator.ops.workload import Workload
 from tests.integration.helpers import caught_up, wait_for
 
 pytestmark = pytest.mark.stack

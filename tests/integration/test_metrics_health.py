@@ -20,8 +20,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicator.config import Settings
-from replicator.source import KafkaSource
-from replicator.workload import Workload
+from replicator.ops.workload import Workload
+from replicator.stream.source import KafkaSource
 from tests.integration.helpers import live_count, wait_for
 
 pytestmark = pytest.mark.stack

@@ -23,17 +23,17 @@ from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
 from replicator.config import PhaseSettings, Settings
-from replicator.lag import consumer_lag
-from replicator.mapping import TableMapping
-from replicator.phases import (
+from replicator.core.mapping import TableMapping
+from replicator.observe.lag import consumer_lag
+from replicator.ops.phases import (
     Phase,
     PhaseConflict,
     PhaseRefused,
     PhaseStore,
     Transition,
 )
-from replicator.verify import VerifyReport, record_run
-from replicator.workload import Workload
+from replicator.ops.verify import VerifyReport, record_run
+from replicator.ops.workload import Workload
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.stack

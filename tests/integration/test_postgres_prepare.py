@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from replicator.config import Settings
-from replicator.postgres import prepare
+from replicator.ops.postgres import prepare
 from replicator.stack.local import PG_BIN, LocalStack
 from tests.integration.conftest import ROOT
 
@@ -138,7 +138,7 @@ def test_run_refuses_a_table_whose_replica_identity_hides_key_moves(
     """Both design tables build their keys from columns an UPDATE can change: under REPLICA
     IDENTITY DEFAULT `run` refuses before consuming anything and prints the SQL that fixes it;
     after that SQL, every table checks out."""
-    from replicator.postgres import replica_identities
+    from replicator.ops.postgres import replica_identities
 
     with psycopg.connect(scratch.postgres.dsn(), autocommit=True) as conn:
         for mapping in scratch.tables:

@@ -19,10 +19,10 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from replicator import cost
-from replicator.phases import PhaseStore
-from replicator.read_api import ROUTES, ReadApi, to_json
-from replicator.reads import PostgresReads, ReadPath
+from replicator.observe import cost
+from replicator.ops.phases import PhaseStore
+from replicator.reads.api import ROUTES, ReadApi, to_json
+from replicator.reads.path import PostgresReads, ReadPath
 from tests.integration.reads_data import (  # noqa: F401 (reads_world is a fixture)
     ReadsWorld,
     reads_world,

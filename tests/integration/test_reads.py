@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from replicator.phases import PhaseStore
-from replicator.reads import (
+from replicator.ops.phases import PhaseStore
+from replicator.reads.path import (
     DynamoReads,
     Page,
     PostgresReads,

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 
 from replicator.config import Settings, default_tables
-from replicator.decode import decode
-from replicator.dynamo import dynamodb_writer
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent
+from replicator.core.mapping import TableMapping
 from replicator.errors import SystemicSinkError
-from replicator.events import ChangeEvent
-from replicator.health import Health
-from replicator.mapping import TableMapping
-from replicator.pipeline import Pipeline, to_change
-from replicator.sink import DynamoSink, Write, plan
-from replicator.tables import ensure_table
+from replicator.observe.health import Health
+from replicator.ops.tables import ensure_table
+from replicator.stream.dynamo import dynamodb_writer
+from replicator.stream.pipeline import Pipeline, to_change
+from replicator.stream.sink import DynamoSink, Write, plan
 from tests.integration.helpers import get_item
 from tests.unit.factories import Record, create_record, log_row, update_record
 

@@ -15,9 +15,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from replicator.config import Settings
-from replicator.deadletter import ensure_topic
+from replicator.ops.tables import ensure_table
 from replicator.stack import LocalStack
-from replicator.tables import ensure_table
+from replicator.stream.deadletter import ensure_topic
 
 pytestmark = pytest.mark.stack
 

@@ -25,8 +25,8 @@ import pytest
 from PIL import Image
 
 from replicator.config import Settings
-from replicator.status import LAG_COLOUR, SPEED_COLOUR
-from replicator.workload import Workload
+from replicator.observe.status import LAG_COLOUR, SPEED_COLOUR
+from replicator.ops.workload import Workload
 from tests.integration.helpers import wait_for
 from tests.integration.test_metrics_health import free_port, get, samples, start_at_the_end
 

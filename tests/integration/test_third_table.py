@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from replicator.cli import _connector_payload
+from replicator.cli._common import connector_payload
 from replicator.config import Settings
-from replicator.connector import ConnectClient
+from replicator.ops.connector import ConnectClient
 from tests.integration.helpers import get_item, normalized, visible, wait_for
 
 pytestmark = pytest.mark.stack
@@ -71,7 +71,7 @@ def test_third_table_replicates_from_configuration_and_keeps_toasted_values(
 
     consumer, own = consumer_factory("_third", add_notes)
     client = ConnectClient(own)
-    client.apply(_connector_payload(own))  # the include list now names the third table
+    client.apply(connector_payload(own))  # the include list now names the third table
     client.wait_running()
     try:
         consumer.start()
@@ -125,5 +125,5 @@ def test_third_table_replicates_from_configuration_and_keeps_toasted_values(
     finally:
         assert consumer.stop() == 0
         # Back to the design's two tables for the rest of the session.
-        client.apply(_connector_payload(settings))
+        client.apply(connector_payload(settings))
         client.wait_running()

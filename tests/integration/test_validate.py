@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from replicator.cli import DIVERGENT_EXIT, app
-from replicator.validate import MARK, last_validation
-from replicator.verify import runs
+from replicator.ops.validate import MARK, last_validation
+from replicator.ops.verify import runs
 from tests.integration.helpers import consuming, from_now, wait_for
 
 pytestmark = pytest.mark.stack

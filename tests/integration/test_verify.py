@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from replicator.cli import DIVERGENT_EXIT, app
 from replicator.config import Settings
-from replicator.events import Position
-from replicator.mapping import TableMapping
-from replicator.verify import (
+from replicator.core.events import Position
+from replicator.core.mapping import TableMapping
+from replicator.ops.verify import (
     Verifier,
     VerifyOptions,
     VerifyReport,
@@ -31,7 +31,7 @@ from replicator.verify import (
     shown_key,
     verify,
 )
-from replicator.workload import Workload
+from replicator.ops.workload import Workload
 from tests.integration.helpers import consuming, from_now, get_item, visible, wait_for
 
 pytestmark = pytest.mark.stack

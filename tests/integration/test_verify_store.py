@@ -12,7 +12,7 @@ import pytest
 
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-from replicator.verify import (
+from replicator.ops.verify import (
     VerifyReport,
     last_clean_verify,
     last_full_verify,

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from replicator.events import Origin
+from replicator.core.events import Origin
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "envelopes.jsonl"
 PRIMARY_KEYS = {"dbo.integrationlogs": ("logid",), "dbo.payments": ("paymentid",)}

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from replicator.backfill import TokenBucket, item_size, parse_time, plan_jobs, write_units
 from replicator.config import Settings
+from replicator.core.events import Origin, Position
 from replicator.errors import ConfigError
-from replicator.events import Origin, Position
-from replicator.sink import Write
-from replicator.snapshot import check_where, signal_data
+from replicator.ops.backfill import TokenBucket, item_size, parse_time, plan_jobs, write_units
+from replicator.ops.snapshot import check_where, signal_data
+from replicator.stream.sink import Write
 
 
 def _write(settings: Settings, item: dict | None, origin: int = 0) -> Write:
@@ -125,7 +125,7 @@ def test_check_where_and_signal_data() -> None:
 def test_live_yield_pauses_while_the_live_group_is_behind() -> None:
     import threading
 
-    from replicator.backfill import LiveYield
+    from replicator.ops.backfill import LiveYield
 
     s = Settings().model_copy(
         update={

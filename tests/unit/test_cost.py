@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from replicator.cli import app
 from replicator.config import CostSettings, Settings
-from replicator.cost import (
+from replicator.errors import ReplicatorError
+from replicator.observe.cost import (
     HOURS_PER_MONTH,
     estimate,
     lifetime_rates,
@@ -16,8 +17,7 @@ from replicator.cost import (
     monthly,
     window_rates,
 )
-from replicator.errors import ReplicatorError
-from replicator.status import READ_UNITS, WRITE_UNITS, parse_exposition
+from replicator.observe.status import READ_UNITS, WRITE_UNITS, parse_exposition
 
 
 def test_default_prices_are_us_east_1_on_demand() -> None:

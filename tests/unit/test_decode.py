@@ -18,9 +18,9 @@ from factories import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicator.decode import decode
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent, Op, Origin, Position, Skip
 from replicator.errors import DecodeError
-from replicator.events import ChangeEvent, Op, Origin, Position, Skip
 
 LOGS = "dbo.integrationlogs"
 PAYMENTS = "dbo.payments"

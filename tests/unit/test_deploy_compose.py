@@ -22,7 +22,7 @@ from jsonschema import FormatChecker
 from jsonschema.validators import validator_for
 
 from replicator.config import Settings, load_settings
-from replicator.connector import render
+from replicator.ops.connector import render
 from replicator.stack.local import PG_BIN
 
 ROOT = Path(__file__).resolve().parents[2]

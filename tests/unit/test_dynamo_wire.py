@@ -32,14 +32,14 @@ from botocore.exceptions import (
 from factories import create_record, log_row, update_record
 
 from replicator.config import DynamoSettings, default_tables
-from replicator.decode import decode
-from replicator.dynamo import dynamodb_client, dynamodb_writer
-from replicator.dynamo_wire import DynamoWireClient
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent
 from replicator.errors import SystemicSinkError
-from replicator.events import ChangeEvent
-from replicator.pipeline import to_change
-from replicator.retry import RetryPolicy
-from replicator.sink import DynamoSink, plan
+from replicator.stream.dynamo import dynamodb_client, dynamodb_writer
+from replicator.stream.dynamo_wire import DynamoWireClient
+from replicator.stream.pipeline import to_change
+from replicator.stream.retry import RetryPolicy
+from replicator.stream.sink import DynamoSink, plan
 
 LOGS = "dbo.integrationlogs"
 MAPPINGS = {m.source: m for m in default_tables()}
@@ -478,7 +478,7 @@ def writer(kind: str, url: str) -> Any:
     return dynamodb_writer(DynamoSettings(endpoint_url=url, client="boto3"))
 
 
-# As DynamoDB words them (see replicator.sink.classify).
+# As DynamoDB words them (see replicator.stream.sink.classify).
 ITEM_REFUSALS = [
     ("ValidationException", "Item size has exceeded the maximum allowed size"),
     (

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from replicator.config import Settings
-from replicator.connector import render
-from replicator.deadletter import dead_letter_topic_config
 from replicator.errors import ConfigError
-from replicator.horizon import (
+from replicator.ops.connector import render
+from replicator.stream.deadletter import dead_letter_topic_config
+from replicator.stream.horizon import (
     DAY_MS,
     FOREVER_MS,
     TopicLimits,

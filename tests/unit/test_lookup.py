@@ -8,8 +8,8 @@ import pytest
 
 from replicator.config import default_tables
 from replicator.errors import LookupUnavailableError
-from replicator.lookup import Lookups
-from replicator.retry import RetryPolicy
+from replicator.stream.lookup import Lookups
+from replicator.stream.retry import RetryPolicy
 
 
 def test_an_unreachable_lookup_database_is_retried_by_the_policy() -> None:

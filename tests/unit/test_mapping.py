@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from replicator.config import default_tables, load_settings
-from replicator.decode import decode
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent
+from replicator.core.mapping import UNAVAILABLE, TableMapping, item_size, to_item
 from replicator.errors import ConfigError, MappingError
-from replicator.events import ChangeEvent
-from replicator.mapping import UNAVAILABLE, TableMapping, item_size, to_item
 
 LOGS = "dbo.integrationlogs"
 PAYMENTS = "dbo.payments"

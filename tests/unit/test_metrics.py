@@ -17,10 +17,10 @@ from factories import Record, create_record, log_row, record, tombstone, update_
 from prometheus_client import Counter
 
 from replicator.config import Settings
-from replicator.health import Health, Server
-from replicator.metrics import CONNECT_STATES, Metrics
-from replicator.pipeline import Pipeline
-from replicator.sink import DynamoSink
+from replicator.observe.health import Health, Server
+from replicator.observe.metrics import CONNECT_STATES, Metrics
+from replicator.stream.pipeline import Pipeline
+from replicator.stream.sink import DynamoSink
 
 LOGS = "dbo.integrationlogs"
 TABLE = "IntegrationLogs"
@@ -290,10 +290,10 @@ class RecordingLog:
 def test_dead_letter_log_lines_carry_the_origin_and_never_the_detail(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import replicator.pipeline
+    import replicator.stream.pipeline
 
     recording = RecordingLog()
-    monkeypatch.setattr(replicator.pipeline, "log", recording)
+    monkeypatch.setattr(replicator.stream.pipeline, "log", recording)
     p = pipeline(FakeDynamo())
     secret_value = "card 4111-1111-1111-1111"
     rec = create_record(LOGS, log_row(logid=7))
@@ -314,10 +314,10 @@ def test_dead_letter_log_lines_carry_the_origin_and_never_the_detail(
 def test_sink_retry_log_lines_carry_table_topic_partition_and_offsets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import replicator.pipeline
+    import replicator.stream.pipeline
 
     recording = RecordingLog()
-    monkeypatch.setattr(replicator.pipeline, "log", recording)
+    monkeypatch.setattr(replicator.stream.pipeline, "log", recording)
     p = pipeline(FakeDynamo(down=True))
     p.stopping.wait = lambda _seconds: True  # type: ignore[method-assign,assignment,misc]
     messages = [

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from replicator.cli import app
 from replicator.errors import ConfigError
-from replicator.phases import (
+from replicator.ops.phases import (
     Check,
     Phase,
     captured_check,

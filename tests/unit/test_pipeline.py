@@ -16,10 +16,11 @@ from test_metrics import (
     pipeline,
 )
 
+from replicator.app import pipeline as build
 from replicator.config import DynamoSettings, Settings
 from replicator.errors import LookupUnavailableError, SinkError, SystemicSinkError
-from replicator.pipeline import Pipeline, build
-from replicator.sink import DynamoSink, SinkResult, Write
+from replicator.stream.pipeline import Pipeline
+from replicator.stream.sink import DynamoSink, SinkResult, Write
 
 LOGS = "dbo.integrationlogs"
 
@@ -205,10 +206,10 @@ def test_transient_failures_back_off_with_full_jitter_up_to_the_cap_and_never_gi
 def test_a_systemic_refusal_is_retried_at_the_cap_until_it_is_fixed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import replicator.pipeline
+    import replicator.stream.pipeline
 
     recording = RecordingLog()
-    monkeypatch.setattr(replicator.pipeline, "log", recording)
+    monkeypatch.setattr(replicator.stream.pipeline, "log", recording)
     refusal = SystemicSinkError("DynamoDB write to IntegrationLogs failed: ResourceNotFound")
     p, waits = retried(refusal, failures=3)
     assert waits.waits == [p.settings.dynamodb.backoff_cap_s] * 3
@@ -240,10 +241,10 @@ def test_a_lookup_outage_backs_off_by_the_policy() -> None:
 def test_build_gives_every_write_and_lookup_path_the_settings_retry_policy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import replicator.pipeline
+    import replicator.app
 
-    monkeypatch.setattr(replicator.pipeline, "ensure_topic", lambda *_a, **_k: None)
-    monkeypatch.setattr(replicator.pipeline, "DeadLetters", lambda *_a, **_k: FakeDeadLetters())
+    monkeypatch.setattr(replicator.app, "ensure_topic", lambda *_a, **_k: None)
+    monkeypatch.setattr(replicator.app, "DeadLetters", lambda *_a, **_k: FakeDeadLetters())
     settings = Settings(dynamodb=DynamoSettings(max_attempts=3, backoff_cap_s=7.0))
     p = build(settings, source=FakeSource())  # type: ignore[arg-type]
     try:

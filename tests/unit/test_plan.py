@@ -16,12 +16,12 @@ from factories import (
 )
 
 from replicator.config import default_tables
-from replicator.decode import decode
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent, Position
+from replicator.core.mapping import UNAVAILABLE, TableMapping
 from replicator.errors import LookupMissError
-from replicator.events import ChangeEvent, Position
-from replicator.mapping import UNAVAILABLE, TableMapping
-from replicator.pipeline import to_change
-from replicator.sink import Change, Write, action, plan
+from replicator.stream.pipeline import to_change
+from replicator.stream.sink import Change, Write, action, plan
 
 LOGS = "dbo.integrationlogs"
 PAYMENTS = "dbo.payments"

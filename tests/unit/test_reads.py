@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from replicator.config import ReadsSettings, Settings
-from replicator.mapping import to_item
-from replicator.read_api import ROUTES, ApiError, call_arguments, match, openapi, to_json
-from replicator.reads import (
+from replicator.core.mapping import to_item
+from replicator.ops.rows import source_row
+from replicator.reads.api import ROUTES, ApiError, call_arguments, match, openapi, to_json
+from replicator.reads.path import (
     PATTERNS,
     Page,
     Query,
@@ -34,7 +35,6 @@ from replicator.reads import (
     payments_mapping,
     same,
 )
-from replicator.rows import source_row
 
 SETTINGS = Settings()
 PAYMENTS = payments_mapping(SETTINGS)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from replicator.config import DynamoSettings
-from replicator.health import Health
-from replicator.retry import RetryPolicy
+from replicator.observe.health import Health
+from replicator.stream.retry import RetryPolicy
 
 
 class Clock:

@@ -10,12 +10,12 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ParamValid
 from factories import Record, create_record, log_row, update_record
 
 from replicator.config import default_tables
-from replicator.decode import decode
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent
 from replicator.errors import SinkError, SystemicSinkError
-from replicator.events import ChangeEvent
-from replicator.pipeline import to_change
-from replicator.retry import RetryPolicy
-from replicator.sink import DynamoSink, Write, plan
+from replicator.stream.pipeline import to_change
+from replicator.stream.retry import RetryPolicy
+from replicator.stream.sink import DynamoSink, Write, plan
 
 LOGS = "dbo.integrationlogs"
 MAPPINGS = {m.source: m for m in default_tables()}

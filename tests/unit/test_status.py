@@ -14,11 +14,10 @@ from typer.testing import CliRunner
 
 from replicator.cli import app
 from replicator.errors import ConnectorError, LookupUnavailableError
-from replicator.health import Health
-from replicator.lag import SlotLag
-from replicator.metrics import Metrics, SourceMonitor
-from replicator.sink import SinkResult, TableResult
-from replicator.status import (
+from replicator.observe.health import Health
+from replicator.observe.lag import SlotLag
+from replicator.observe.metrics import Metrics, SourceMonitor
+from replicator.observe.status import (
     LAG_COLOUR,
     SPEED_COLOUR,
     History,
@@ -32,6 +31,7 @@ from replicator.status import (
     rates,
     render,
 )
+from replicator.stream.sink import SinkResult, TableResult
 
 EXPOSITION = """\
 # TYPE replicator_events_consumed_total counter
@@ -302,7 +302,7 @@ def test_connector_state_off_exports_no_connector_series() -> None:
 
 def test_replica_identity_full_is_needed_only_where_keys_can_move() -> None:
     from replicator.config import load_settings
-    from replicator.postgres import IdentityCheck, key_columns_beyond_pk
+    from replicator.ops.postgres import IdentityCheck, key_columns_beyond_pk
 
     logs, payments = load_settings(None).tables
     assert key_columns_beyond_pk(logs) == {"servicename", "logtimestamp"}

@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator.config import default_tables
+from replicator.core.mapping import TableMapping, to_item
 from replicator.errors import ConfigError
-from replicator.mapping import TableMapping, to_item
-from replicator.rows import as_debezium, source_row
-from replicator.verify import (
+from replicator.ops.rows import as_debezium, source_row
+from replicator.ops.verify import (
     Divergence,
     Expectation,
     Window,

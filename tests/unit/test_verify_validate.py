@@ -7,7 +7,7 @@ import datetime as dt
 from factories import log_row, micros, payment_row
 
 from replicator.config import default_tables
-from replicator.validate import Check, TableValidation, _percentiles, read_calls
+from replicator.ops.validate import Check, TableValidation, _percentiles, read_calls
 
 LOGS, PAYMENTS = default_tables()
 

@@ -1,0 +1,135 @@
+"""The composition root: the one place that wires stages together from the settings.
+
+``pipeline`` builds the loop of `run`, `demo` and every backfill job; ``Consumer`` is `run`'s
+process (the pipeline with its metrics endpoint, probes and source monitor); ``backfill``
+builds a topic replay over bounded sources. Commands call these; modules below never build
+one another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from replicator.config import Settings
+from replicator.errors import ReplicatorError
+from replicator.observe.health import Health, Server
+from replicator.observe.metrics import Metrics, SourceMonitor
+from replicator.observe.status_page import History
+from replicator.ops.backfill import Backfill, Job
+from replicator.ops.postgres import require_replica_identity
+from replicator.stream.deadletter import DeadLetters, connection_settings, ensure_topic
+from replicator.stream.dynamo import dynamodb_writer
+from replicator.stream.horizon import check_horizon, read_limits
+from replicator.stream.lookup import Lookups
+from replicator.stream.pipeline import Pipeline, Stats
+from replicator.stream.retry import RetryPolicy
+from replicator.stream.sink import DynamoSink, Write
+from replicator.stream.source import KafkaSource
+
+log = structlog.get_logger("replicator.app")
+
+
+def pipeline(
+    settings: Settings,
+    group_id: str | None = None,
+    metrics: Metrics | None = None,
+    health: Health | None = None,
+    source: KafkaSource | None = None,
+    before_write: Callable[[list[Write]], None] | None = None,
+    refuse_older_than_horizon: bool = False,
+) -> Pipeline:
+    """Wire the stages from the settings; a replay passes its own (bounded) source. Refuses to
+    start when a table's delete markers would expire before Kafka lets go of what could bring
+    its deleted rows back (replicator.stream.horizon)."""
+    topics = [settings.topic_of(t) for t in settings.tables]
+    if not topics:
+        raise ReplicatorError("no tables are mapped: nothing to consume")
+    kafka = settings.kafka
+    connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
+    ensure_topic(kafka, extra=connection)
+    check_horizon(settings, read_limits(settings))  # before anything joins or connects
+    if source is None:
+        source = KafkaSource(settings.kafka, topics, group_id)
+    health = health or Health(settings.metrics.live_within_s)
+    # One retry policy for every write and lookup; between attempts it tells liveness.
+    retry = RetryPolicy.from_settings(settings.dynamodb, health.turned)
+    concurrency = settings.dynamodb.concurrency
+    sink = DynamoSink(dynamodb_writer(settings.dynamodb, concurrency, retry), concurrency, retry)
+    lookups = Lookups(settings.postgres.lookups(), retry=retry)
+    dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
+    return Pipeline(
+        settings,
+        source,
+        sink,
+        lookups,
+        dead_letters,
+        metrics,
+        health,
+        before_write,
+        refuse_older_than_horizon,
+        retry,
+    )
+
+
+class Consumer:
+    """`run`'s process: refuses a source whose REPLICA IDENTITY hides key moves, serves
+    /metrics, /healthz, /readyz and the status page (unless ``serve`` is off or the settings
+    disable metrics), watches the slot and the connector off the loop, and runs the pipeline."""
+
+    def __init__(self, settings: Settings, *, serve: bool = True) -> None:
+        # Before anything is consumed: under REPLICA IDENTITY DEFAULT key moves are invisible.
+        require_replica_identity(settings)
+        tables = [t.name for t in settings.tables]
+        self.metrics = Metrics(tables=tables, connector=settings.metrics.connector_state)
+        self.health = Health(settings.metrics.live_within_s)
+        self.server: Server | None = None
+        self.monitor: SourceMonitor | None = None
+        if serve and settings.metrics.enabled:  # first: a port in use fails before joining
+            history = History(
+                self.metrics,
+                {settings.topic_of(t): t.name for t in settings.tables},
+                settings.metrics.history_interval_s,
+                settings.metrics.history_s,
+            )
+            self.server = Server(
+                settings.metrics.host, settings.metrics.port, self.metrics, self.health, history
+            ).start()
+            log.info(
+                "serving /metrics, /healthz, /readyz, status page /",
+                host=settings.metrics.host,
+                port=self.server.port,
+            )
+            self.monitor = SourceMonitor(settings, self.metrics)  # slot and connector state
+            self.monitor.start()
+        try:
+            self.pipeline = pipeline(settings, metrics=self.metrics, health=self.health)
+        except BaseException:
+            self._close_observers()
+            raise
+
+    def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
+        return self.pipeline.run(until)
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit, leave the group (safe from a signal handler)."""
+        self.pipeline.stop()
+
+    def close(self) -> None:
+        try:
+            self.pipeline.close()
+        finally:
+            self._close_observers()
+
+    def _close_observers(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.server is not None:
+            self.server.close()
+
+
+def backfill(settings: Settings, jobs: list[Job], **options: Any) -> Backfill:
+    """A replay of the jobs' topics, each over a bounded source through ``pipeline``."""
+    return Backfill(settings, jobs, build=pipeline, **options)

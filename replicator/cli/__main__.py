@@ -1,0 +1,7 @@
+"""`python -m replicator.cli`."""
+
+import sys
+
+from replicator.cli import app
+
+sys.exit(app())

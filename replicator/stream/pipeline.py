@@ -1,0 +1,319 @@
+"""The one loop: poll -> decode -> enrich -> map -> plan -> guarded write -> dead-letter ->
+commit. `run` and bounded replays share it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import Message
+
+from replicator.config import Settings
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent, Op, Origin, Skip
+from replicator.core.mapping import TableMapping, item_key, to_item
+from replicator.errors import (
+    DecodeError,
+    LookupMissError,
+    LookupUnavailableError,
+    MappingError,
+    SinkError,
+    SystemicSinkError,
+)
+from replicator.observe.health import Health
+from replicator.observe.metrics import Metrics
+from replicator.stream import checkpoint
+from replicator.stream.deadletter import DeadLetters
+from replicator.stream.horizon import cutoff_ms
+from replicator.stream.lookup import Lookups
+from replicator.stream.retry import RetryPolicy
+from replicator.stream.sink import Change, DynamoSink, Write, plan
+from replicator.stream.source import KafkaSource
+
+log = structlog.get_logger("replicator.stream.pipeline")
+
+
+@dataclass
+class Stats:
+    consumed: int = 0
+    skipped: int = 0
+    applied: int = 0
+    stale: int = 0
+    dead_lettered: int = 0
+    refused: int = 0  # older than the no-resurrection horizon (replays into a live table)
+    batches: int = 0
+    last_record_at: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        source: KafkaSource,
+        sink: DynamoSink,
+        lookups: Lookups,
+        dead_letters: DeadLetters,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        before_write: Callable[[list[Write]], None] | None = None,
+        refuse_older_than_horizon: bool = False,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.sink = sink
+        self.lookups = lookups
+        self.dead_letters = dead_letters
+        self.metrics = metrics or Metrics()
+        self.health = health or Health(settings.metrics.live_within_s)
+        self.by_topic = {settings.topic_of(t): t for t in settings.tables}
+        self.stats = Stats()
+        # Called with each batch's writes before they go out: a backfill's rate limit and its
+        # yielding to the live consumer. It may wait; it must not change the writes.
+        self.before_write = before_write
+        # A replay into a table that readers see: an event older than the table's delete
+        # markers live could bring a deleted row back (replicator.stream.horizon). The live consumer
+        # reads each row's changes in order, its delete after them: it refuses nothing.
+        self.refuse_older_than_horizon = refuse_older_than_horizon
+        self.stopping = threading.Event()
+        # Between attempts of a batch: the policy's backoff (the cap for a systemic refusal),
+        # waited on ``stopping``, so that stop() ends the wait at once.
+        self.retry = retry or RetryPolicy.from_settings(settings.dynamodb, self.health.turned)
+        self._dead_lettered: Counter[str] = Counter()  # this batch's, per table
+
+    def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
+        """Process batches until stop() or ``until(stats)``; commits after every batch."""
+        log.info(
+            "consumer started", topics=sorted(self.by_topic), group=self.settings.kafka.group_id
+        )
+        self.health.started()
+        lag_every = self.settings.metrics.lag_interval_s
+        try:
+            while not self.stopping.is_set():
+                messages = self.source.poll()
+                self.health.turned()
+                self.health.assignment(self.source.joined, len(self.source.assigned))
+                self.metrics.polled()
+                self.metrics.refresh_lag(self.source.consumer, self.source.assigned, lag_every)
+                if messages:
+                    self.process(messages)
+                if until is not None and until(self.stats):
+                    break
+        finally:
+            self.health.stopped()
+            log.info(
+                "consumer stopping",
+                consumed=self.stats.consumed,
+                applied=self.stats.applied,
+                stale=self.stats.stale,
+                dead_lettered=self.stats.dead_lettered,
+            )
+        return self.stats
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def close(self) -> None:
+        """Leave the consumer group and release connections (after the last commit)."""
+        self.source.close()
+        self.sink.close()
+        self.lookups.close()
+        self.dead_letters.flush()
+
+    def process(self, messages: list[Message]) -> None:
+        """Apply one batch; commit its offsets only when every record is written or parked."""
+        self.stats.consumed += len(messages)
+        self._dead_lettered.clear()
+        changes, skipped = self._changes(messages)
+        writes = plan(changes)
+        if self.before_write is not None and writes:
+            self.before_write(writes)
+        attempt = 0
+        while True:
+            try:
+                result = self.sink.write(writes)
+                if writes:
+                    self.health.write_ok()
+                break
+            except SinkError as exc:
+                # Never skip and never commit past an unwritten change: wait and try again,
+                # forever. Retrying is the loop at work: alive, not ready.
+                self.metrics.sink_failures.inc()
+                self.health.write_failed(str(exc))
+                if isinstance(exc, SystemicSinkError):
+                    pause = self.retry.cap_s
+                    log.error(
+                        "DynamoDB refuses the batch for a reason retrying does not fix; "
+                        "nothing is committed and the consumer is not ready; the batch is "
+                        "retried at this interval, so the consumer goes on by itself once "
+                        "the cause is fixed",
+                        retry_in_s=pause,
+                        error=str(exc)[:300],
+                    )
+                else:
+                    pause = self.retry.backoff(attempt)
+                    self._log_retry(messages, exc, pause)
+                attempt += 1
+                self.health.turned()
+                if self.stopping.wait(pause):
+                    raise
+                self.health.turned()
+        by_origin = {(m.topic(), m.partition(), m.offset()): m for m in messages}
+        parked: set[tuple[str, int, int]] = set()
+        for write, reason in result.failed:
+            for origin in write.origins:
+                where = (origin.topic, origin.partition, origin.offset)
+                if where not in parked:  # a refused key move fails all its writes: park once
+                    parked.add(where)
+                    self._park(by_origin[where], "write-refused", reason)
+        self.stats.applied += result.applied
+        self.stats.stale += result.stale
+        self.stats.batches += 1
+        self.dead_letters.flush()
+        checkpoint.commit(self.source.consumer, messages)
+        self.stats.last_record_at = time.monotonic()
+        self.metrics.batch(self._consumed(messages), skipped, self._dead_lettered)
+        self.metrics.written(result)
+
+    def _table_of(self, topic: str | None) -> str:
+        mapping = self.by_topic.get(topic or "")
+        return mapping.name if mapping is not None else "(unmapped)"
+
+    def _consumed(self, messages: list[Message]) -> Counter[str]:
+        per_topic = Counter(m.topic() for m in messages)
+        return Counter({self._table_of(t): n for t, n in per_topic.items()})
+
+    def _log_retry(self, messages: list[Message], exc: SinkError, pause: float) -> None:
+        """One line per partition of the batch: where the unwritten records are."""
+        ranges: dict[tuple[str, int], list[int]] = {}
+        for m in messages:
+            offsets = ranges.setdefault((m.topic() or "", m.partition() or 0), [])
+            offsets.append(m.offset() or 0)
+        for (topic, partition), offsets in sorted(ranges.items()):
+            log.warning(
+                "sink failed; retrying batch",
+                table=self._table_of(topic),
+                topic=topic,
+                partition=partition,
+                offset=min(offsets),
+                last_offset=max(offsets),
+                retry_in_s=round(pause, 3),
+                error=str(exc)[:300],
+            )
+
+    def _changes(self, messages: list[Message]) -> tuple[list[Change], Counter[str]]:
+        decoded: list[tuple[Message, TableMapping, ChangeEvent]] = []
+        skipped: Counter[str] = Counter()
+        refused: Counter[str] = Counter()
+        now_ms = int(time.time() * 1000)
+        for message in messages:
+            topic = message.topic() or ""
+            origin = Origin(topic, message.partition() or 0, message.offset() or 0)
+            mapping = self.by_topic.get(topic)
+            if mapping is None:
+                self._park(message, "unknown-table", f"no mapping for topic {topic!r}")
+                continue
+            try:
+                event = decode(message.key(), message.value(), origin)
+            except DecodeError as exc:
+                self._park(message, "decode", str(exc))
+                continue
+            if isinstance(event, Skip):
+                self.stats.skipped += 1
+                skipped[mapping.name] += 1
+                continue
+            if event.table != mapping.source:
+                self._park(
+                    message,
+                    "unknown-table",
+                    f"event of {event.table!r} on the topic of {mapping.source!r}",
+                )
+                continue
+            if self.refuse_older_than_horizon and event.source_ts_ms < cutoff_ms(mapping, now_ms):
+                refused[mapping.name] += 1
+                continue
+            decoded.append((message, mapping, event))
+        for table, count in refused.items():
+            log.warning(
+                "events older than the no-resurrection horizon not applied",
+                table=table,
+                refused=count,
+            )
+            self.stats.refused += count
+            skipped[table] += count  # in the metrics: consumed = applied + stale + skipped + ...
+
+        for mapping in {id(m): m for _, m, _ in decoded}.values():
+            rows = [r for _, m, e in decoded if m is mapping for r in (e.row, e.before) if r]
+            attempt = 0
+            while True:
+                try:
+                    self.lookups.fill(mapping, rows)
+                    break
+                except LookupUnavailableError as exc:
+                    # A database outage is not the events' fault: wait, never dead-letter.
+                    self.health.write_failed(str(exc))
+                    pause = self.retry.backoff(attempt)
+                    log.warning(
+                        "lookup database unavailable; waiting",
+                        table=mapping.name,
+                        retry_in_s=round(pause, 3),
+                        error=str(exc)[:300],
+                    )
+                    attempt += 1
+                    self.health.turned()
+                    if self.stopping.wait(pause):
+                        raise
+                    self.health.turned()
+
+        changes = []
+        for message, mapping, event in decoded:
+            try:
+                changes.append(to_change(mapping, event))
+            except LookupMissError as exc:
+                self._park(message, "lookup-miss", str(exc))
+            except MappingError as exc:
+                self._park(message, "mapping", str(exc))
+        return changes, skipped
+
+    def _park(self, message: Message, reason: str, detail: str) -> None:
+        # The detail can quote a value of the row: it goes to the dead-letter record's headers
+        # (`replicator dlq show`), never to the log.
+        table = self._table_of(message.topic())
+        log.warning(
+            "event dead-lettered",
+            reason=reason,
+            table=table,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+        self.dead_letters.park(message, reason, detail)
+        self.stats.dead_lettered += 1
+        self._dead_lettered[table] += 1
+
+
+def to_change(mapping: TableMapping, event: ChangeEvent) -> Change:
+    """Map a decoded event to the item (or delete marker) it produces. Pure."""
+    Lookups.require(mapping, event.row)
+    if event.op is Op.DELETE:
+        return Change(mapping, event, item_key(mapping, event.row), None)
+    item, unavailable = to_item(mapping, event.row)
+    key = {name: item[name] for name in mapping.key_attributes}
+    old_key = None
+    if event.before is not None and _complete(mapping, event.before):
+        Lookups.require(mapping, event.before)
+        before_key = item_key(mapping, event.before)
+        if before_key != key:
+            old_key = before_key
+    return Change(mapping, event, key, item, frozenset(unavailable), old_key)
+
+
+def _complete(mapping: TableMapping, row: dict[str, Any]) -> bool:
+    """With REPLICA IDENTITY DEFAULT the old row holds only the key columns: no key move
+    can be seen then. With FULL it holds every column."""
+    return all(c.name in row for c in mapping.columns)

@@ -1,0 +1,229 @@
+"""The Kafka source: one consumer group over the mapped tables' topics, read in batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from replicator.config import KafkaSettings
+from replicator.errors import ReplicatorError
+
+log = structlog.get_logger("replicator.stream.source")
+
+
+class SourceError(ReplicatorError):
+    """A topic to replay is missing, or Kafka did not answer."""
+
+
+def _config(kafka: KafkaSettings, group_id: str | None, client_id: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "group.id": group_id or kafka.group_id,
+        "client.id": client_id,
+        # Offsets move only after the sink acknowledged (see checkpoint.py).
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+    }
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: list[str],
+        group_id: str | None = None,
+        client_id: str = "replicator",
+    ) -> None:
+        self.settings = kafka
+        self.consumer = Consumer(
+            {
+                **_config(kafka, group_id, client_id),
+                "partition.assignment.strategy": "cooperative-sticky",
+                # A table's topic appears with its first change: notice it within seconds.
+                "topic.metadata.refresh.interval.ms": 5000,
+                **kafka.extra,
+            }
+        )
+        self.assigned: set[tuple[str, int]] = set()
+        # The group has given this member its assignment (perhaps empty: more members than
+        # partitions); false again when the assignment is lost.
+        self.joined = False
+        self.consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        self.joined = True
+        log.info("partitions assigned", partitions=sorted(self.assigned))
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.joined = False
+        self._on_revoke(consumer, partitions)
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.assigned -= {(p.topic, p.partition) for p in partitions}
+        log.info("partitions revoked", partitions=[(p.topic, p.partition) for p in partitions])
+
+    def poll(self) -> list[Message]:
+        """Up to batch_size records: waits up to poll_timeout_s for the first one, then takes
+        only what is already fetched, so a quiet stream is applied at once instead of waiting
+        for a full batch. Transport errors are logged (librdkafka retries them)."""
+        first = self.consumer.poll(self.settings.poll_timeout_s)
+        if first is None:
+            return []
+        messages = [first]
+        if self.settings.batch_size > 1:
+            messages += self.consumer.consume(self.settings.batch_size - 1, 0)
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.fatal():
+                raise KafkaException(error)
+            elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                # Normal until a table's first change: Connect creates its topic then.
+                log.debug("topic not there yet", error=str(error))
+            elif error.code() == KafkaError._PARTITION_EOF:
+                self._at_end(message.topic() or "", message.partition() or 0)
+            else:
+                log.warning("kafka error", error=str(error))
+        return good
+
+    def _at_end(self, topic: str, partition: int) -> None:
+        """Reached the partition's end (only reported when enable.partition.eof is set)."""
+
+    def close(self) -> None:
+        self.consumer.close()  # leaves the group at once, so partitions move without waiting
+
+
+@dataclass(frozen=True)
+class Span:
+    """One partition's share of a bounded replay, in offsets."""
+
+    topic: str
+    partition: int
+    origin: int  # where the replay begins: the beginning, or the first record at --from-time
+    start: int  # where this run begins: the group's committed offset when resuming
+    end: int  # the partition's end when this run started: it stops there (unless follow)
+
+
+class BoundedSource(KafkaSource):
+    """One topic read by assignment, for a replay (`replicator backfill`).
+
+    The group is the replay's own and only holds committed offsets: assignment means no group
+    membership and no rebalances, so another member of the group cannot take partitions away
+    mid-replay. A run starts where the group committed (a killed replay resumes) unless told to
+    start over, and stops at the ends captured when it started, so it finishes although new
+    changes keep arriving; with ``follow`` it goes on reading live.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        group_id: str,
+        *,
+        from_ms: int | None = None,
+        restart: bool = False,
+        follow: bool = False,
+        client_id: str = "replicator-backfill",
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.settings = kafka
+        self.follow = follow
+        # EOF events tell a partition is read to its end even when its last offsets hold no
+        # record (transaction markers, compaction).
+        self.consumer = Consumer(
+            {**_config(kafka, group_id, client_id), "enable.partition.eof": True, **kafka.extra}
+        )
+        try:
+            self.spans, self.resumed = self._plan(topic, from_ms, restart, timeout_s)
+        except KafkaException as exc:
+            self.consumer.close()
+            raise SourceError(
+                f"kafka at {kafka.bootstrap_servers} did not answer for {topic}: {exc.args[0]}"
+            ) from exc
+        except SourceError:
+            self.consumer.close()
+            raise
+        work = [s for s in self.spans if follow or s.start < s.end]
+        self._ends = {(s.topic, s.partition): s.end for s in self.spans}
+        self.read_to = {(s.topic, s.partition): s.start for s in self.spans}
+        self.remaining = {(s.topic, s.partition) for s in work}
+        self.assigned = {(s.topic, s.partition) for s in work}
+        self.joined = True
+        self.consumer.assign([TopicPartition(s.topic, s.partition, s.start) for s in work])
+
+    def _plan(
+        self, topic: str, from_ms: int | None, restart: bool, timeout_s: float
+    ) -> tuple[list[Span], bool]:
+        metadata = self.consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        if metadata.error is not None:
+            if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise SourceError(
+                    f"topic {topic} does not exist: the connector has not captured a change of "
+                    "this table yet (is the connector running, with the table in its include list?)"
+                )
+            raise KafkaException(metadata.error)
+        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+        committed = {
+            tp.partition: tp.offset for tp in self.consumer.committed(partitions, timeout=timeout_s)
+        }
+        at_time: dict[int, int] = {}
+        if from_ms is not None:
+            asked = [TopicPartition(topic, tp.partition, from_ms) for tp in partitions]
+            found = self.consumer.offsets_for_times(asked, timeout=timeout_s)
+            at_time = {tp.partition: tp.offset for tp in found}
+        spans = []
+        resumed = False
+        for tp in partitions:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            origin = low
+            if from_ms is not None:
+                offset = at_time.get(tp.partition, -1)
+                origin = offset if offset >= 0 else high  # nothing that recent: nothing to do
+            origin = max(origin, low)
+            start = origin
+            done = committed.get(tp.partition, -1)
+            if done >= 0 and not restart:
+                start, resumed = max(done, low), True  # compaction may have removed older ones
+            spans.append(Span(topic, tp.partition, origin, start, high))
+        return spans, resumed
+
+    def poll(self) -> list[Message]:
+        messages = super().poll()
+        kept = []
+        for message in messages:
+            where = (message.topic() or "", message.partition() or 0)
+            offset = message.offset() or 0
+            if not self.follow and offset >= self._ends[where]:
+                self._at_end(*where)  # past this run's end: left for a later run
+                continue
+            kept.append(message)
+            self.read_to[where] = offset + 1
+            if not self.follow and offset + 1 >= self._ends[where]:
+                self._at_end(*where)
+        return kept
+
+    def _at_end(self, topic: str, partition: int) -> None:
+        if self.follow or (topic, partition) not in self.remaining:
+            return
+        self.remaining.discard((topic, partition))
+        self.consumer.pause([TopicPartition(topic, partition)])
+
+    @property
+    def finished(self) -> bool:
+        return not self.follow and not self.remaining
+
+    def progress(self) -> tuple[int, int]:
+        """Records read (and, once the batch in hand is committed, applied) and the total, from
+        the replay's origin to the ends captured at start."""
+        total = sum(max(0, s.end - s.origin) for s in self.spans)
+        done = sum(max(0, self.read_to[(s.topic, s.partition)] - s.origin) for s in self.spans)
+        return done, total
