@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from replicator.cli import DIVERGENT_EXIT, app
+from replicator.cli import app
+from replicator.cli.verify import DIVERGENT_EXIT
 from replicator.ops.validate import MARK, last_validation
 from replicator.ops.verify import runs
 from tests.integration.helpers import consuming, from_now, wait_for

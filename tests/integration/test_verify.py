@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from replicator.cli import DIVERGENT_EXIT, app
+from replicator.cli import app
+from replicator.cli.verify import DIVERGENT_EXIT
 from replicator.config import Settings
 from replicator.core.events import Position
 from replicator.core.mapping import TableMapping
