@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -168,3 +172,22 @@ def consuming(pg: psycopg.Connection[Any], own: Any, timeout_s: float = 180) -> 
         wait_for(committed_everywhere, timeout_s, interval_s=0, what="offsets on every partition")
     finally:
         probe.close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(
+    config: Any, *args: str, timeout: float = 180, columns: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`replicator --config CONFIG ARGS...` as a child process, output captured as text;
+    ``columns`` sets the width rich draws tables at."""
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None
+    return subprocess.run(
+        [sys.executable, "-m", "replicator.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=env,
+    )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,21 +22,10 @@ from replicator.core.mapping import TableMapping, to_item
 from replicator.ops.rows import source_rows
 from replicator.ops.workload import Workload
 from replicator.stream.lookup import Lookups
-from tests.integration.conftest import ROOT
-from tests.integration.helpers import key_text, normalized, replica_items, wait_for
+from tests.integration.helpers import cli, key_text, normalized, replica_items, wait_for
 from tests.integration.second_source import SecondSource
 
 pytestmark = pytest.mark.stack
-
-
-def cli(config: Any, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-    )
 
 
 class Mine:
@@ -188,7 +175,7 @@ def test_both_tables_into_new_tables_in_parallel_then_resume(
     window = ("--into", into, "--from-time", since)
     targets = {m.name: m.model_copy(update={"name": f"{m.name}_{suffix}"}) for m in own.tables}
     try:
-        first = cli(consumer.config, "backfill", *window)
+        first = cli(consumer.config, "backfill", *window, timeout=600)
         assert first.returncode == 0, first.stderr[-3000:]
         assert "Traceback" not in first.stderr
         for mapping in own.tables:  # one summary per table, both done
@@ -205,7 +192,7 @@ def test_both_tables_into_new_tables_in_parallel_then_resume(
         seen_resume = []
 
         def replayed_equal() -> bool:
-            again = cli(consumer.config, "backfill", *window)
+            again = cli(consumer.config, "backfill", *window, timeout=600)
             assert again.returncode == 0, again.stderr[-3000:]
             seen_resume.append("resuming at" in again.stderr)
             return all(
@@ -220,7 +207,7 @@ def test_both_tables_into_new_tables_in_parallel_then_resume(
 
         # --restart starts over: every record since --from-time again (compaction may have
         # removed superseded ones meanwhile, never a row's latest change).
-        over = cli(consumer.config, "backfill", *window, "--restart")
+        over = cli(consumer.config, "backfill", *window, "--restart", timeout=600)
         assert over.returncode == 0, over.stderr[-3000:]
         assert "resuming" not in over.stderr
         for mapping in own.tables:
@@ -281,7 +268,7 @@ def test_beside_the_live_consumer_into_its_table_is_safe(
             thread = threading.Thread(target=keep_changing, daemon=True)
             thread.start()
             try:
-                run = cli(consumer.config, "backfill", "--from-beginning")
+                run = cli(consumer.config, "backfill", "--from-beginning", timeout=600)
             finally:
                 stop.set()
                 thread.join(60)
@@ -319,7 +306,7 @@ def test_from_time_and_rate_limit(
         started = time.monotonic()
         run = cli(
             consumer.config, "backfill", "--table", logs.name, "--into", target,
-            "--from-time", since.isoformat(), "--rate-limit", str(rate),
+            "--from-time", since.isoformat(), "--rate-limit", str(rate), timeout=600,
         )  # fmt: skip
         wall = time.monotonic() - started
         assert run.returncode == 0, run.stderr[-3000:]

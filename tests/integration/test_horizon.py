@@ -6,8 +6,6 @@ than the horizon, while a backfill into a new table takes them. Topics of its ow
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -24,23 +22,12 @@ from confluent_kafka.admin import (
 
 from replicator.config import Settings
 from replicator.stream.horizon import DAY_MS, FOREVER_MS
-from tests.integration.conftest import ROOT
-from tests.integration.helpers import get_item, visible
+from tests.integration.helpers import cli, get_item, visible
 from tests.unit.factories import create_record, log_row
 
 pytestmark = pytest.mark.stack
 
 WEEK_MS = 7 * DAY_MS
-
-
-def cli(config: Any, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-    )
 
 
 def isolated(consumer_factory: Any, suffix: str) -> tuple[Any, Settings, str]:

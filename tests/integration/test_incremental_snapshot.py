@@ -4,8 +4,6 @@ while the same rows keep changing, and DynamoDB ends equal to PostgreSQL."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -19,8 +17,7 @@ from replicator.core.mapping import TableMapping, to_item
 from replicator.ops.rows import source_rows
 from replicator.ops.workload import Workload
 from replicator.stream.lookup import Lookups
-from tests.integration.conftest import ROOT
-from tests.integration.helpers import key_text, normalized, replica_items, wait_for
+from tests.integration.helpers import cli, key_text, normalized, replica_items, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -47,16 +44,6 @@ def replica_of_loans(dynamodb: Any, mapping: TableMapping, loans: list[int]) -> 
     wanted = {str(loan) for loan in loans}
     items, _markers = replica_items(dynamodb, mapping)
     return {k: v for k, v in items.items() if str(v["LoanId"][1]) in wanted}
-
-
-def cli(config: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 def test_incremental_snapshot_repairs_rows_that_change_meanwhile(

@@ -27,6 +27,7 @@ from PIL import Image
 from replicator.config import Settings
 from replicator.observe.status import LAG_COLOUR, SPEED_COLOUR
 from replicator.ops.workload import Workload
+from tests.integration import helpers
 from tests.integration.helpers import wait_for
 from tests.integration.test_metrics_health import free_port, get, samples, start_at_the_end
 
@@ -38,14 +39,7 @@ BACKLOG = 60  # rows per table written before the consumer starts
 
 
 def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "100"},
-    )
+    return helpers.cli(config, *args, timeout=timeout, columns=100)  # screens drawn 100 wide
 
 
 def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
