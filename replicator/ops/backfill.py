@@ -23,10 +23,11 @@ from typing import Any
 import structlog
 
 from replicator.config import Settings
+from replicator.core.items import DELETED, POS, SOURCE_MS
 from replicator.core.mapping import TableMapping
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.stream.pipeline import Pipeline
-from replicator.stream.sink import DELETED, POS, SOURCE_MS, Write
+from replicator.stream.sink import Write
 
 log = structlog.get_logger("replicator.ops.backfill")
 
