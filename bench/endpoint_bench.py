@@ -31,6 +31,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from replicator.core.items import DELETED, GUARD, POS
 from replicator.stream.dynamo_wire import DynamoWireClient
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -101,7 +102,7 @@ def item(i: int) -> dict[str, Any]:
         "PK": {"S": f"Service{i % 50}-{i // 1000:06d}"},
         "SK": {"S": f"2024-01-15T10:30:00.000000Z#{i:019d}"},
         "GSI1PK": {"S": f"APP#{i // 200}"},
-        "_pos": {"S": f"{i:016x}.1.{i:016x}"},
+        POS: {"S": f"{i:016x}.1.{i:016x}"},
         "RequestData": {"S": '{"amount": "12.50", "currency": "EUR"}' * 4},
         "Amount": {"N": "12.50"},
     }
@@ -132,22 +133,20 @@ def median_ms(call: Callable[[int], Any], runs: int) -> float:
 
 
 def at_size(db: Any, size: int, runs: int) -> dict[str, float]:
-    guard = "attribute_not_exists(#p) OR #p < :p"
-
     def put(n: int) -> None:
         new = item(n * 7919 % size)
-        new["_pos"] = {"S": f"{time.time_ns():016x}.1.0"}  # newer than any earlier put
+        new[POS] = {"S": f"{time.time_ns():016x}.1.0"}  # newer than any earlier put
         db.put_item(
             TableName=TABLE,
             Item=new,
-            ConditionExpression=guard,
-            ExpressionAttributeNames={"#p": "_pos"},
-            ExpressionAttributeValues={":p": new["_pos"]},
+            ConditionExpression=GUARD,
+            ExpressionAttributeNames={"#pos": POS},
+            ExpressionAttributeValues={":pos": new[POS]},
         )
 
     def move(n: int) -> None:
         old, new = item(n * 104_729 % size), item(size + 10_000_000 + n)
-        marker = {"PK": old["PK"], "SK": old["SK"], "_deleted": {"BOOL": True}, "_pos": new["_pos"]}
+        marker = {"PK": old["PK"], "SK": old["SK"], DELETED: {"BOOL": True}, POS: new[POS]}
         db.transact_write_items(
             TransactItems=[
                 {"Put": {"TableName": TABLE, "Item": new}},

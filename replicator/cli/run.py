@@ -84,6 +84,7 @@ def demo(
     import psycopg
 
     from replicator.app import Consumer
+    from replicator.core.items import is_marker
     from replicator.observe.log import configure
     from replicator.ops.connector import ConnectClient
     from replicator.ops.tables import ensure_table
@@ -130,14 +131,14 @@ def demo(
             live = markers = 0
             for page in dynamo.get_paginator("scan").paginate(TableName=mapping.name):
                 for item in page["Items"]:
-                    if item.get("_deleted"):
+                    if is_marker(item):
                         markers += 1
                     else:
                         live += 1
             table.add_row(mapping.name, str(rows), str(live), str(markers))
         out.print(table)
         sample = dynamo.scan(TableName=s.tables[-1].name, Limit=5)["Items"]
-        sample = [i for i in sample if "_deleted" not in i][:1]
+        sample = [i for i in sample if not is_marker(i)][:1]
         if sample:
             out.print(f"a {s.tables[-1].name} item:")
             out.print_json(json.dumps(sample[0]))

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from replicator.core.items import item_size
 from replicator.errors import MappingError
 
 AttributeValue = dict[str, Any]
@@ -446,19 +447,3 @@ def _compress_to_fit(mapping: TableMapping, item: Item, size: int) -> int:
         if size <= MAX_ITEM_BYTES:
             break
     return size
-
-
-def item_size(item: Item) -> int:
-    """DynamoDB's item size rule: names plus values in UTF-8 (numbers ~1 byte per 2 digits)."""
-    total = 0
-    for name, value in item.items():
-        total += len(name.encode())
-        if "S" in value:
-            total += len(value["S"].encode())
-        elif "B" in value:
-            total += len(value["B"])
-        elif "N" in value:
-            total += len(value["N"]) // 2 + 2
-        else:
-            total += 1
-    return total

@@ -23,45 +23,23 @@ from typing import Any
 import structlog
 
 from replicator.config import Settings
+from replicator.core.items import POS, SOURCE_MS, delete_marker, item_size
 from replicator.core.mapping import TableMapping
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.stream.pipeline import Pipeline
-from replicator.stream.sink import DELETED, POS, SOURCE_MS, Write
+from replicator.stream.sink import Write
 
 log = structlog.get_logger("replicator.ops.backfill")
 
 # DynamoDB sizes an item as its attribute names plus values; the position and source-time
 # attributes the sink adds are about this much.
 _META_BYTES = len(POS) + 36 + len(SOURCE_MS) + 8
+# A delete marker is sized as if written at this time, so the estimate stays pure: only its
+# TTL's digits depend on the time, and these leave no zeros to trim (the TTL at its largest).
+_MARKER_NOW_S = 1_999_999_999
 
 
 # --- write units (pure) ---------------------------------------------------------------------
-
-
-def value_size(value: dict[str, Any]) -> int:
-    """Bytes DynamoDB counts for one attribute value (its documented sizing, approximately for
-    numbers)."""
-    ((kind, inner),) = value.items()
-    if kind == "S":
-        return len(inner.encode())
-    if kind == "N":
-        digits = sum(ch.isdigit() for ch in inner)
-        return (digits + 1) // 2 + 1
-    if kind == "B":
-        return len(inner)
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind in ("SS", "NS", "BS"):
-        return sum(value_size({kind[0]: v}) for v in inner)
-    if kind == "L":
-        return 3 + sum(1 + value_size(v) for v in inner)
-    if kind == "M":
-        return 3 + sum(len(k.encode()) + 1 + value_size(v) for k, v in inner.items())
-    return 0
-
-
-def item_size(item: dict[str, Any]) -> int:
-    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
 
 
 def write_units(writes: list[Write]) -> int:
@@ -74,7 +52,7 @@ def write_units(writes: list[Write]) -> int:
     total = 0
     for write in writes:
         if write.item is None:
-            size = item_size(write.key) + len(DELETED) + 1 + 20
+            size = item_size(delete_marker(write.mapping, write.key, _MARKER_NOW_S))
         else:
             size = item_size(write.item)
         units = max(1, math.ceil((size + _META_BYTES) / 1024))

@@ -31,6 +31,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from replicator.config import Settings
+from replicator.core.items import is_marker
 from replicator.core.mapping import Item, TableMapping
 from replicator.errors import ReplicatorError
 from replicator.ops.rows import source_rows
@@ -43,7 +44,6 @@ from replicator.ops.verify import (
     _window_bounds,
     differences,
     expect,
-    is_marker,
     key_of,
     row_pk,
 )

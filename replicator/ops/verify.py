@@ -44,6 +44,7 @@ from psycopg.rows import dict_row
 
 from replicator.config import Settings
 from replicator.core.events import Row
+from replicator.core.items import META_ATTRIBUTES, POS, SOURCE_MS, delete_marker, is_marker
 from replicator.core.mapping import (
     AttributeValue,
     Item,
@@ -56,7 +57,6 @@ from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.ops.rows import source_rows
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.lookup import Lookups
-from replicator.stream.sink import DELETED, META_ATTRIBUTES, POS, SOURCE_MS
 
 Scope = Literal["full", "window", "sample"]
 Kind = Literal["missing", "extra", "differs", "unmappable"]
@@ -334,10 +334,6 @@ def digest(item: Item) -> str:
     """A short fingerprint of an item's comparable attributes."""
     text = repr(sorted(comparable(item).items()))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def is_marker(item: Item | None) -> bool:
-    return item is not None and item.get(DELETED, {}).get("BOOL") is True
 
 
 def shown(value: AttributeValue | None) -> Any:
@@ -1174,12 +1170,7 @@ class Verifier:
                     report.repair_skipped += 1  # its row maps here now: not extra any more
                     self.progress.advance("repair", 1)
                     continue
-            marker = {
-                **key_of(mapping, item),
-                DELETED: {"BOOL": True},
-                mapping.ttl_attribute: {"N": str(now_s + mapping.tombstone_days * 86_400)},
-            }
-            writes.append((marker, item))
+            writes.append((delete_marker(mapping, key_of(mapping, item), now_s), item))
         return writes
 
     def _guarded_put(self, item: Item, seen: Item | None) -> bool:

@@ -57,6 +57,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from replicator.config import Settings
+from replicator.core.items import DELETED
 from replicator.core.mapping import (
     Item,
     TableMapping,
@@ -69,7 +70,6 @@ from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.observe.metrics import start_time_gauge
 from replicator.ops.rows import as_debezium, source_row
 from replicator.stream.dynamo import dynamodb_client
-from replicator.stream.sink import DELETED
 
 if TYPE_CHECKING:
     from replicator.ops.phases import PhaseStore

@@ -21,18 +21,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.core.events import ChangeEvent, Op, Origin, Position
+from replicator.core.items import DELETED, GUARD, POS, SOURCE_MS, delete_marker
 from replicator.core.mapping import Item, TableMapping
 from replicator.errors import SinkError, SystemicSinkError
 from replicator.stream.dynamo_wire import RETRYABLE_CODES, THROTTLE_CODES, is_retryable
 from replicator.stream.retry import RetryPolicy
 
-POS = "_pos"  # encoded Position of the change the item reflects
-SOURCE_MS = "_src_ms"  # commit time in PostgreSQL, for end-to-end latency
-DELETED = "_deleted"  # delete marker ("tombstone"): kept until TTL so old events cannot revive it
-META_ATTRIBUTES = (POS, SOURCE_MS, DELETED)
-# Names through placeholders: real DynamoDB is stricter than the local endpoint about names
-# that start with '_' inside expressions.
-_GUARD = "attribute_not_exists(#pos) OR #pos < :pos"
 _THROTTLE_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
 # Asked on every write: DynamoDB adds ~60 bytes to the answer, and it is the only way to know
 # the write units an item really cost (size, GSIs) for `replicator cost`.
@@ -299,22 +293,15 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
     mapping = write.mapping
     values: dict[str, Any] = {":pos": {"S": write.position.encode()}}
     if write.item is None or not write.keep:
-        if write.item is None:  # a delete marker: the key, no GSI attributes, expires by TTL
-            expires = now_s + mapping.tombstone_days * 86_400
-            item = {
-                **write.key,
-                DELETED: {"BOOL": True},
-                mapping.ttl_attribute: {"N": str(expires)},
-            }
-        else:
-            item = dict(write.item)
+        # A delete marker, or the full item.
+        item = delete_marker(mapping, write.key, now_s) if write.item is None else dict(write.item)
         item[POS] = values[":pos"]
         item[SOURCE_MS] = {"N": str(write.source_ts_ms)}
         return {
             "Put": {
                 "TableName": mapping.name,
                 "Item": item,
-                "ConditionExpression": _GUARD,
+                "ConditionExpression": GUARD,
                 "ExpressionAttributeNames": {"#pos": POS},
                 "ExpressionAttributeValues": values,
             }
@@ -347,7 +334,7 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
             "TableName": mapping.name,
             "Key": write.key,
             "UpdateExpression": expression,
-            "ConditionExpression": _GUARD,
+            "ConditionExpression": GUARD,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
         }

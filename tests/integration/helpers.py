@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from replicator.core.items import DELETED, META_ATTRIBUTES
 from replicator.core.mapping import Item, TableMapping, to_item
 from replicator.ops.rows import as_debezium
-from replicator.stream.sink import DELETED, META_ATTRIBUTES
 
 
 def source_rows(conn: psycopg.Connection[Any], mapping: TableMapping) -> list[dict[str, Any]]:

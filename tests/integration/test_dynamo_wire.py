@@ -17,11 +17,12 @@ from botocore.exceptions import ClientError
 from replicator.config import Settings, default_tables
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent
+from replicator.core.items import DELETED, POS
 from replicator.core.mapping import UNAVAILABLE, TableMapping
 from replicator.ops.tables import ensure_table
 from replicator.stream.dynamo_wire import DynamoWireClient
 from replicator.stream.pipeline import to_change
-from replicator.stream.sink import DELETED, POS, DynamoSink, SinkResult, Write, action, plan
+from replicator.stream.sink import DynamoSink, SinkResult, Write, action, plan
 from tests.integration.helpers import get_item
 from tests.unit.factories import (
     Record,

@@ -21,11 +21,11 @@ from confluent_kafka.admin import AdminClient
 from replicator.config import Settings
 from replicator.core.decode import decode
 from replicator.core.events import Op, Origin, Position, Skip
+from replicator.core.items import DELETED, POS
 from replicator.errors import DecodeError, MappingError
 from replicator.ops.workload import Workload
 from replicator.stream.lookup import Lookups
 from replicator.stream.pipeline import to_change
-from replicator.stream.sink import DELETED, POS
 from tests.integration.helpers import key_text, live_count, wait_for
 
 pytestmark = pytest.mark.stack

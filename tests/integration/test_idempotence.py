@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from replicator.config import Settings, default_tables
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent
+from replicator.core.items import DELETED, META_ATTRIBUTES
 from replicator.core.mapping import TableMapping, item_key, to_item
 from replicator.ops.tables import ensure_table
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.pipeline import to_change
-from replicator.stream.sink import DELETED, META_ATTRIBUTES, DynamoSink, plan
+from replicator.stream.sink import DynamoSink, plan
 from tests.integration.helpers import normalized
 from tests.unit.factories import (
     Record,

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from replicator.cli import app
 from replicator.cli.verify import DIVERGENT_EXIT
+from replicator.core.items import DELETED
 from replicator.ops.validate import MARK, last_validation
 from replicator.ops.verify import runs
 from tests.integration.helpers import consuming, from_now, wait_for
@@ -78,7 +79,7 @@ def in_window(dynamodb: Any, table: str, attribute: str) -> int:
         Select="COUNT",
         ConsistentRead=True,
         FilterExpression="begins_with(#t, :day) AND attribute_not_exists(#d)",
-        ExpressionAttributeNames={"#t": attribute, "#d": "_deleted"},
+        ExpressionAttributeNames={"#t": attribute, "#d": DELETED},
         ExpressionAttributeValues={":day": {"S": DAY}},
     ):
         total += page["Count"]

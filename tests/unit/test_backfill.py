@@ -7,8 +7,9 @@ import pytest
 
 from replicator.config import Settings
 from replicator.core.events import Origin, Position
+from replicator.core.items import item_size
 from replicator.errors import ConfigError
-from replicator.ops.backfill import TokenBucket, item_size, parse_time, plan_jobs, write_units
+from replicator.ops.backfill import TokenBucket, parse_time, plan_jobs, write_units
 from replicator.ops.snapshot import check_where, signal_data
 from replicator.stream.sink import Write
 

@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from replicator.config import default_tables, load_settings
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent
-from replicator.core.mapping import UNAVAILABLE, TableMapping, item_size, to_item
+from replicator.core.items import item_size
+from replicator.core.mapping import UNAVAILABLE, TableMapping, to_item
 from replicator.errors import ConfigError, MappingError
 
 LOGS = "dbo.integrationlogs"
