@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from replicator.core.items import item_size
+from replicator.core.items import item_size, size_bound
 from replicator.errors import MappingError
 
 AttributeValue = dict[str, Any]
@@ -369,10 +369,14 @@ def render(
 
 
 def item_key(
-    mapping: TableMapping, row: dict[str, Any], texts: dict[str, str] | None = None
+    mapping: TableMapping,
+    row: dict[str, Any],
+    texts: dict[str, str] | None = None,
+    types: dict[str, ColumnType] | None = None,
 ) -> Item:
     """The DynamoDB primary key of the item a row maps to."""
-    types = mapping.column_types()
+    if types is None:
+        types = mapping.column_types()
     key: Item = {}
     for attr in filter(None, [mapping.partition_key, mapping.sort_key]):
         text = render(attr.template, row, types, texts)
@@ -391,9 +395,9 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
     Attributes in the second set must keep the value already stored (TOAST); NULL columns are
     simply absent, so a full write removes them.
     """
-    types = mapping.column_types()
-    texts: dict[str, str] = {}
-    item = item_key(mapping, row, texts)
+    types = mapping.column_types()  # once: a private attribute is slow to reach on a model
+    texts: dict[str, str] = {}  # canonical texts of the columns the key templates used
+    item = item_key(mapping, row, texts, types)
     unavailable: set[str] = set()
     for column in mapping.columns:
         value = row.get(column.name)
@@ -402,11 +406,13 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
         if value == UNAVAILABLE:
             unavailable.add(column.attribute)
             continue
-        item[column.attribute] = _attribute(column.name, column.type, value)
+        known = texts.get(column.name)
+        if known is not None and column.type not in ("int", "bigint", "decimal", "bool"):
+            item[column.attribute] = {"S": known}  # canonicalised for a key already
+        else:
+            item[column.attribute] = _attribute(column.name, column.type, value)
     for attr in mapping.derived:
-        if any(row.get(c) is None for c in attr.when_set):
-            continue
-        if any(row.get(c) != v for c, v in attr.when_equal.items()):
+        if not _conditions_hold(attr, row):
             continue
         text = render(attr.template, row, types, texts)
         if text is None:
@@ -419,12 +425,21 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
         if isinstance(micros, int) and not isinstance(micros, bool):
             expires = micros // 1_000_000 + mapping.retention.days * 86_400
             item[mapping.ttl_attribute] = {"N": str(expires)}
+    if size_bound(item) <= MAX_ITEM_BYTES:  # the common case: no encoding needed to know
+        return item, unavailable
     size = item_size(item)
     if size > MAX_ITEM_BYTES and mapping.large_items == "compress":
         size = _compress_to_fit(mapping, item, size)
     if size > MAX_ITEM_BYTES:
         raise MappingError(f"item is {size} bytes, over DynamoDB's 400 KB limit")
     return item, unavailable
+
+
+def _conditions_hold(attr: DerivedAttribute, row: dict[str, Any]) -> bool:
+    for name in attr.when_set:
+        if row.get(name) is None:
+            return False
+    return all(row.get(name) == wanted for name, wanted in attr.when_equal.items())
 
 
 def _compress_to_fit(mapping: TableMapping, item: Item, size: int) -> int:
