@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from replicator.config import default_tables
-from replicator.core.items import DELETED, delete_marker, is_marker, item_size, value_size
+from replicator.core.items import (
+    DELETED,
+    delete_marker,
+    is_marker,
+    item_size,
+    size_bound,
+    value_size,
+)
 
 NOW_S = 1_800_000_000
 
@@ -75,3 +84,21 @@ def test_a_delete_marker_is_the_key_the_flag_and_a_ttl_tombstone_days_away() -> 
     }
     assert is_marker(marker)
     assert not is_marker(key) and not is_marker(None)
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=20),
+        st.one_of(
+            st.text().map(lambda t: {"S": t}),
+            st.decimals(allow_nan=False, allow_infinity=False).map(lambda d: {"N": str(d)}),
+            st.booleans().map(lambda b: {"BOOL": b}),
+            st.binary().map(lambda b: {"B": b}),
+        ),
+        max_size=12,
+    )
+)
+def test_the_cheap_bound_is_never_below_the_exact_size(item: dict) -> None:
+    # to_item skips the exact size when the bound fits: a bound below it would let an
+    # oversize item through.
+    assert size_bound(item) >= item_size(item)
