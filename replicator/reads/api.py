@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,17 +31,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from replicator.config import Settings
 from replicator.core.mapping import TableMapping
 from replicator.errors import ReplicatorError
-from replicator.reads.path import (
-    PAYMENT_METHODS,
-    PAYMENT_STATUSES,
-    Page,
-    QueryError,
-    ReadPath,
-    RowShape,
-    StoreError,
-    logs_mapping,
-    payments_mapping,
-)
+from replicator.reads.patterns import Pattern, QueryError, StoreError, catalog
+from replicator.reads.router import ReadPath
+from replicator.reads.rows import Page, RowShape
 
 log = structlog.get_logger("replicator.reads.api")
 
@@ -58,108 +51,63 @@ class Param:
 @dataclass(frozen=True)
 class Route:
     path: str  # with one {placeholder}
-    pattern: str  # the ReadPath method
+    pattern: str  # the declared pattern's name
     summary: str
-    row: Literal["LogRow", "PaymentRow"]
-    params: tuple[Param, ...]  # positional arguments of the method, in order
+    row: str  # the row schema's name in components
+    params: tuple[Param, ...]  # the pattern's value, then start and end, in order
     single: bool = False
+    noun: str = "row"  # of a single row's 404: "no log with id 5"
 
 
-def _id(name: str, what: str, bits: int = 32) -> Param:
-    return Param(name, "path", "integer", f"{what} ({bits}-bit integer)")
+def row_schema_name(mapping: TableMapping) -> str:
+    return f"{mapping.name}Row"
 
 
-_START_TS = Param("start", "query", "timestamp", "from this time on (included); a date = midnight")
-_END_TS = Param("end", "query", "timestamp", "up to this time (excluded); a date = midnight")
-_START_DAY = Param("start", "query", "date", "from this date on (included)")
-_END_DAY = Param("end", "query", "date", "up to this date (included)")
+def _attribute(mapping: TableMapping, column: str) -> str:
+    """The attribute a column is stored as (a lookup column: the key that is just it)."""
+    for c in mapping.columns:
+        if c.name == column:
+            return c.attribute
+    for key in filter(None, [mapping.partition_key, mapping.sort_key]):
+        if key.template == f"{{{column}}}":
+            return key.attribute
+    return column
 
-ROUTES: tuple[Route, ...] = (
-    Route(
-        "/logs/by-application/{application_id}",
-        "logs_by_application",
-        "Logs of an application, newest first",
-        "LogRow",
-        (_id("application_id", "ApplicationId"),),
-    ),
-    Route(
-        "/logs/by-service/{service}",
-        "logs_by_service",
-        "Logs of a service in a time range [start, end), newest first",
-        "LogRow",
-        (Param("service", "path", "string", "ServiceName"), _START_TS, _END_TS),
-    ),
-    Route(
-        "/logs/by-correlation/{correlation_id}",
-        "logs_by_correlation",
-        "Logs sharing a CorrelationId, newest first",
-        "LogRow",
-        (Param("correlation_id", "path", "string", "CorrelationId"),),
-    ),
-    Route(
-        "/logs/failures/{day}",
-        "failures_of_day",
-        "Failed calls (IsSuccess false) of a day (UTC), newest first",
-        "LogRow",
-        (Param("day", "path", "date", "the day, YYYY-MM-DD"),),
-    ),
-    Route(
-        "/logs/{log_id}",
-        "log_by_id",
-        "One log by LogId",
-        "LogRow",
-        (_id("log_id", "LogId", 64),),
-        single=True,
-    ),
-    Route(
-        "/payments/by-customer/{customer_id}",
-        "payments_by_customer",
-        "Payments of a customer, newest first, optionally in a date range [start, end]",
-        "PaymentRow",
-        (
-            _id("customer_id", "CustomerId"),
-            Param("start", "query", "date", "from this date on (included)", required=False),
-            Param("end", "query", "date", "up to this date (included)", required=False),
-        ),
-    ),
-    Route(
-        "/payments/by-loan/{loan_id}",
-        "payments_by_loan",
-        "Payments of a loan, newest first",
-        "PaymentRow",
-        (_id("loan_id", "LoanId"),),
-    ),
-    Route(
-        "/payments/by-status/{status}",
-        "payments_by_status",
-        "Payments in a status, in a date range [start, end], newest first",
-        "PaymentRow",
-        (
-            Param("status", "path", "string", "PaymentStatus", choices=PAYMENT_STATUSES),
-            _START_DAY,
-            _END_DAY,
-        ),
-    ),
-    Route(
-        "/payments/by-method/{method}",
-        "payments_by_method",
-        "Payments made by a method, in a date range [start, end], newest first",
-        "PaymentRow",
-        (
-            Param("method", "path", "string", "PaymentMethod", choices=PAYMENT_METHODS),
-            _START_DAY,
-            _END_DAY,
-        ),
-    ),
-    Route(
-        "/payments/{payment_id}",
-        "payment_by_id",
-        "One payment by PaymentId",
-        "PaymentRow",
-        (_id("payment_id", "PaymentId"),),
-        single=True,
-    ),
-)
+
+def route_of(p: Pattern) -> Route:
+    """A declared pattern's route: its parameter in the path, its range in the query."""
+    decl = p.decl
+    column = _attribute(p.mapping, decl.param.column)
+    kind: Literal["integer", "string", "date"] = "string"
+    description = decl.param.description or column
+    if p.param_type in ("int", "bigint"):
+        kind = "integer"
+        bits = 64 if p.param_type == "bigint" else 32
+        description = decl.param.description or f"{column} ({bits}-bit integer)"
+    elif p.param_type == "date":
+        kind = "date"
+    params = [Param(decl.param.name, "path", kind, description, choices=tuple(decl.param.choices))]
+    if decl.range is not None:
+        required = decl.range.required
+        if p.range_type == "timestamp":
+            params += [
+                Param("start", "query", "timestamp",
+                      "from this time on (included); a date = midnight", required),
+                Param("end", "query", "timestamp",
+                      "up to this time (excluded); a date = midnight", required),
+            ]  # fmt: skip
+        else:
+            params += [
+                Param("start", "query", "date", "from this date on (included)", required),
+                Param("end", "query", "date", "up to this date (included)", required),
+            ]
+    return Route(decl.path, decl.name, decl.summary, row_schema_name(p.mapping), tuple(params),
+                 decl.single, decl.cli_name)  # fmt: skip
+
+
+def routes(settings: Settings) -> tuple[Route, ...]:
+    """The routes of every declared pattern, in the mappings' order."""
+    return tuple(route_of(p) for p in catalog(settings).values())
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -271,7 +219,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
         }
 
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    for route in routes(settings):
         parameters = [
             {
                 "name": p.name,
@@ -365,12 +313,15 @@ def openapi(settings: Settings) -> dict[str, Any]:
         }
     }
     phase_names = ["postgres-only", "dual-write", "hybrid-read", "dynamodb-only"]
+    read = [m for m in settings.tables if m.reads.patterns]
+    tables = [m.name for m in read]
+    rows = {row_schema_name(m): _row_schema(m, f"One {m.name} row.") for m in read}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "replicator read API",
             "version": "1",
-            "description": "Read-only access to IntegrationLogs and Payments, served from "
+            "description": f"Read-only access to {', '.join(tables)}, served from "
             "PostgreSQL or DynamoDB by each table's migration phase, with identical results. "
             "Lists are newest first, ordered by the item's sort key; the X-Read-Source header "
             "names the store that answered.",
@@ -378,8 +329,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": {
-                "LogRow": _row_schema(logs_mapping(settings), "One IntegrationLogs row."),
-                "PaymentRow": _row_schema(payments_mapping(settings), "One Payments row."),
+                **rows,
                 "Error": {
                     "type": "object",
                     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
@@ -409,10 +359,10 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def match(path: str) -> tuple[Route, str] | None:
+def match(table: Iterable[Route], path: str) -> tuple[Route, str] | None:
     """The route of a request path and its (decoded) placeholder value."""
     segments = path.split("/")
-    for route in ROUTES:
+    for route in table:
         template = route.path.split("/")
         if len(template) != len(segments):
             continue
@@ -468,7 +418,8 @@ class ReadApi:
         host = reads.host if host is None else host
         port = reads.port if port is None else port
         spec = to_json(openapi(path.settings))
-        handler = type("Handler", (_Handler,), {"path_": path, "spec": spec})
+        table = routes(path.settings)
+        handler = type("Handler", (_Handler,), {"path_": path, "spec": spec, "routes": table})
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -495,6 +446,7 @@ class ReadApi:
 class _Handler(BaseHTTPRequestHandler):
     path_: ReadPath
     spec: bytes
+    routes: tuple[Route, ...]
     server_version = "replicator-read-api"
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections (every answer is sized)
     timeout = 60  # an idle kept-alive connection gives its thread back after a minute
@@ -525,7 +477,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, to_json({"ok": True}), None
         if path == "/metrics":
             return 200, self.path_.metrics.exposition(), "metrics"
-        found = match(path)
+        found = match(self.routes, path)
         if found is None:
             raise ApiError(404, "not_found", f"no such path {path!r}; see /openapi.json")
         route, value = found
@@ -576,8 +528,7 @@ def _error(code: str, message: str) -> bytes:
 
 
 def _not_found(route: Route, value: str) -> ApiError:
-    what = "log" if route.row == "LogRow" else "payment"
-    return ApiError(404, "not_found", f"no {what} with id {value}")
+    return ApiError(404, "not_found", f"no {route.noun} with id {value}")
 
 
 def serve(path: ReadPath, host: str | None = None, port: int | None = None) -> ReadApi:

@@ -16,14 +16,11 @@ import psycopg
 import pytest
 
 from replicator.ops.phases import PhaseStore
-from replicator.reads.path import (
-    DynamoReads,
-    Page,
-    PostgresReads,
-    QueryError,
-    ReadPath,
-    StoreError,
-)
+from replicator.reads.dynamo import DynamoReads
+from replicator.reads.patterns import QueryError, StoreError
+from replicator.reads.postgres import PostgresReads
+from replicator.reads.router import ReadPath
+from replicator.reads.rows import Page
 from tests.integration.helpers import wait_for
 from tests.integration.reads_data import (  # noqa: F401 (reads_world is a fixture)
     ReadsWorld,

@@ -16,29 +16,28 @@ from pydantic import ValidationError
 from replicator.config import ReadsSettings, Settings
 from replicator.core.mapping import to_item
 from replicator.ops.rows import source_row
-from replicator.reads.api import ROUTES, ApiError, call_arguments, match, openapi, to_json
-from replicator.reads.path import (
-    PATTERNS,
-    Page,
+from replicator.reads.api import ApiError, call_arguments, match, openapi, routes, to_json
+from replicator.reads.dynamo import _by_sort_key
+from replicator.reads.patterns import (
     Query,
     QueryError,
-    RowShape,
-    _by_sort_key,
+    catalog,
     decode_cursor,
     encode_cursor,
-    logs_mapping,
-    miss,
     parse_date,
     parse_int,
     parse_text,
     parse_timestamp,
-    payments_mapping,
-    same,
 )
+from replicator.reads.rows import Page, RowShape, miss, same
 
 SETTINGS = Settings()
-PAYMENTS = payments_mapping(SETTINGS)
-LOGS = logs_mapping(SETTINGS)
+PAYMENTS = next(m for m in SETTINGS.tables if m.name == "Payments")
+LOGS = next(m for m in SETTINGS.tables if m.name == "IntegrationLogs")
+PATTERNS = catalog(SETTINGS)
+ROUTES = routes(SETTINGS)
+LOG_SORT = PATTERNS["logs_by_application"].sort_key
+PAY_SORT = PATTERNS["payments_by_status"].sort_key
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -105,7 +104,7 @@ PAY_KEY = "2024-01-15#0000000042"
 
 def test_cursor_round_trip_and_scope() -> None:
     cursor = encode_cursor("logs_by_application", (5, None, None), LOG_KEY)
-    assert decode_cursor("logs_by_application", (5, None, None), cursor, logs=True) == LOG_KEY
+    assert decode_cursor("logs_by_application", (5, None, None), cursor, LOG_SORT) == LOG_KEY
     assert "=" not in cursor and "/" not in cursor and "+" not in cursor  # URL-safe as is
     # Only the listing that made it: another value, pattern or range is refused.
     for pattern, params in (
@@ -113,12 +112,12 @@ def test_cursor_round_trip_and_scope() -> None:
         ("logs_by_correlation", (5, None, None)),
     ):
         with pytest.raises(QueryError, match="cursor"):
-            decode_cursor(pattern, params, cursor, logs=True)
+            decode_cursor(pattern, params, cursor, LOG_SORT)
     pay = encode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-02-01"), PAY_KEY)
     params = ("Failed", "2024-01-01", "2024-02-01")
-    assert decode_cursor("payments_by_status", params, pay, logs=False) == PAY_KEY
+    assert decode_cursor("payments_by_status", params, pay, PAY_SORT) == PAY_KEY
     with pytest.raises(QueryError, match="cursor"):
-        decode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-03-01"), pay, logs=False)
+        decode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-03-01"), pay, PAY_SORT)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +134,7 @@ def test_cursor_round_trip_and_scope() -> None:
 )
 def test_malformed_or_forged_cursors_are_refused(bad: str) -> None:
     with pytest.raises(QueryError, match="cursor"):
-        decode_cursor("logs_by_application", (5, None, None), bad, logs=True)
+        decode_cursor("logs_by_application", (5, None, None), bad, LOG_SORT)
 
 
 # --- items as rows --------------------------------------------------------------------------
@@ -335,13 +334,13 @@ def test_json_keeps_decimals_exact() -> None:
 
 def test_routes_cover_every_pattern_and_match_encoded_values() -> None:
     assert sorted(r.pattern for r in ROUTES) == sorted(PATTERNS)
-    route, value = match("/logs/by-service/Credit%20Check%2FEU") or (None, None)
+    route, value = match(ROUTES, "/logs/by-service/Credit%20Check%2FEU") or (None, None)
     assert route is not None and route.pattern == "logs_by_service"
     assert value == "Credit Check/EU"
-    found = match("/payments/42")
+    found = match(ROUTES, "/payments/42")
     assert found is not None and found[0].pattern == "payment_by_id" and found[1] == "42"
-    assert match("/payments/by-customer/7/extra") is None
-    assert match("/logs/by-application/") is None
+    assert match(ROUTES, "/payments/by-customer/7/extra") is None
+    assert match(ROUTES, "/logs/by-application/") is None
 
 
 def test_call_arguments() -> None:
@@ -373,11 +372,11 @@ def test_openapi_lists_every_route_with_schemas_from_the_mappings() -> None:
     spec = openapi(SETTINGS)
     assert spec["openapi"] == "3.1.0"
     assert set(spec["paths"]) == {r.path for r in ROUTES} | {"/phases"}
-    payment = spec["components"]["schemas"]["PaymentRow"]
+    payment = spec["components"]["schemas"]["PaymentsRow"]
     assert payment["properties"]["PaymentAmount"]["type"] == "number"
     assert payment["properties"]["CustomerId"]["type"] == "integer"
     assert set(payment["required"]) == {"CustomerId", "PaymentDateId", "PaymentId"}
-    log = spec["components"]["schemas"]["LogRow"]
+    log = spec["components"]["schemas"]["IntegrationLogsRow"]
     assert log["properties"]["IsSuccess"]["type"] == "boolean"
     assert "GSI1PK" not in log["properties"] and "ExpiresAt" not in log["properties"]
     for route in ROUTES:
@@ -393,3 +392,64 @@ def test_reads_settings_refuse_a_default_page_over_the_maximum() -> None:
     with pytest.raises(ValidationError, match="default_page_size"):
         ReadsSettings(default_page_size=600, max_page_size=500)
     assert ReadsSettings().host == "127.0.0.1"  # localhost unless configured
+
+
+# --- patterns as data -----------------------------------------------------------------------
+
+
+def test_a_third_tables_declared_patterns_become_routes_cli_names_and_openapi() -> None:
+    from tests.integration.test_third_table import NOTES
+
+    settings = Settings(tables=[*SETTINGS.tables, NOTES])
+    patterns = catalog(settings)
+    notes = patterns["notes_of_application"]
+    assert notes.table == "ApplicationNotes" and notes.order == "AppSK" and not notes.regroup
+    assert notes.partition(42) == {"S": "APP#42"}
+    assert patterns["note_by_id"].single and patterns["note_by_id"].decl.cli_name == "note"
+    found = match(routes(settings), "/notes/by-application/42")
+    assert found is not None and found[0].pattern == "notes_of_application"
+    spec = openapi(settings)
+    assert "/notes/{note_id}" in spec["paths"]
+    assert spec["components"]["schemas"]["ApplicationNotesRow"]["properties"]["Score"]["type"] == (
+        "number"
+    )
+    q = notes.query(settings, "42", "2024-05-05", None, "10")
+    assert (q.value, q.lo, q.hi, q.limit) == (42, "2024-05-05T00:00:00.000000Z", None, 10)
+    key = "2024-05-05T05:05:05.000005Z#0000000000000000007"
+    assert notes.sort_key is not None and notes.sort_key.values(key)[1] == 7
+    with pytest.raises(QueryError, match="cursor"):
+        notes.query(settings, "42", after=encode_cursor("notes_of_application", (43,), key))
+
+
+def test_the_design_patterns_resolve_as_before() -> None:
+    assert list(PATTERNS) == [
+        "logs_by_application", "logs_by_service", "logs_by_correlation", "failures_of_day",
+        "log_by_id", "payments_by_customer", "payments_by_loan", "payments_by_status",
+        "payments_by_method", "payment_by_id",
+    ]  # fmt: skip
+    assert PATTERNS["payments_by_status"].regroup and PATTERNS["payments_by_method"].regroup
+    assert not PATTERNS["logs_by_application"].regroup  # GSI1SK has the sort key's template
+    assert PATTERNS["logs_by_service"].partition("Svc", "2024-01-15") == {"S": "Svc-2024-01-15"}
+    assert PATTERNS["payments_by_loan"].partition(3) == {"N": "3"}
+    with pytest.raises(QueryError, match="at most 366"):
+        PATTERNS["logs_by_service"].query(SETTINGS, "Svc", "2000-01-01", "2024-01-01")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"index": "NoSuchIndex"}, "no index 'NoSuchIndex'"),
+        ({"param": {"name": "x", "column": "nothing"}}, "unknown column 'nothing'"),
+        ({"path": "/logs/by-application"}, "path must hold"),
+        ({"partition": "APP#{other}"}, "partition names 'other'"),
+        ({"order": "GSI1PK"}, "must be made of fixed-width"),
+        ({"single": True}, "the key must be the parameter's column"),
+        ({"fan_out": "days"}, "fan_out days is on the table key"),
+    ],
+)
+def test_bad_pattern_declarations_are_refused_at_load(change: dict[str, Any], message: str) -> None:
+    data = LOGS.model_dump()
+    first = data["reads"]["patterns"][0]
+    data["reads"]["patterns"] = [{**first, **change}]
+    with pytest.raises(ValidationError, match=message):
+        type(LOGS).model_validate(data)
