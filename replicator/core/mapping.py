@@ -42,6 +42,13 @@ class Column(_Frozen):
     name: str = Field(description="column name in PostgreSQL (lower case)")
     attribute: str = Field(description="attribute name in DynamoDB")
     type: ColumnType
+    scale: int | None = Field(
+        None,
+        ge=0,
+        le=38,
+        description="a decimal column's scale (numeric(10,2): 2): reads "
+        "render its values with that many decimals from either store (DynamoDB keeps no scale)",
+    )
 
 
 class KeyAttribute(_Frozen):
@@ -203,6 +210,9 @@ class TableMapping(_Frozen):
             )
         columns = {c.name: c for c in self.columns}
         known = set(columns) | {lk.column for lk in self.lookups}
+        for c in self.columns:
+            if c.scale is not None and c.type != "decimal":
+                raise ValueError(f"column {c.name!r}: scale is for decimal columns")
         for lookup in self.lookups:
             if lookup.using not in columns:
                 raise ValueError(f"lookup {lookup.column!r} uses unknown column {lookup.using!r}")

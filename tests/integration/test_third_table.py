@@ -40,7 +40,7 @@ NOTES = {
         {"name": "applicationid", "attribute": "ApplicationId", "type": "int"},
         {"name": "author", "attribute": "Author", "type": "text"},
         {"name": "body", "attribute": "Body", "type": "text"},
-        {"name": "score", "attribute": "Score", "type": "decimal"},
+        {"name": "score", "attribute": "Score", "type": "decimal", "scale": 2},
         {"name": "createdat", "attribute": "CreatedAt", "type": "timestamp"},
     ],
     "derived": [
@@ -112,10 +112,8 @@ def check_reads(own: Settings, config: str, app: int, noteids: list[int]) -> Non
             assert {"/notes/by-application/{application_id}", "/notes/{note_id}"} <= set(
                 spec["paths"]
             )
-            assert spec["components"]["schemas"][f"{table}Row"]["properties"]["Score"] == {
-                "type": "number",
-                "description": "exact decimal (read it as a decimal, not a float)",
-            }
+            score = spec["components"]["schemas"][f"{table}Row"]["properties"]["Score"]
+            assert score["type"] == "number" and score["x-scale"] == 2
             answers = {}
             for url in urls:
                 response = client.get(url)
@@ -123,6 +121,9 @@ def check_reads(own: Settings, config: str, app: int, noteids: list[int]) -> Non
                 assert response.headers["X-Read-Source"] == "postgres"
                 answers[url] = body(response)
             listing = answers[urls[0]]
+            # numeric(5,2) keeps its scale: 250.00 and 0.10, never 250 or 0.1.
+            text = client.get(urls[0]).content
+            assert b'"Score":250.00' in text and b'"Score":0.10' in text
             assert [r["NoteId"] for r in listing["items"]] == sorted(noteids, reverse=True)
             paged = answers[urls[1]]
             assert paged["items"] == listing["items"][:2] and paged["next"]

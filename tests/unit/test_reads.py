@@ -3,11 +3,14 @@ store), the order of non-unique index keys, JSON, routes and the OpenAPI descrip
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,11 +19,12 @@ from pydantic import ValidationError
 from replicator.config import ReadsSettings, Settings
 from replicator.core.mapping import to_item
 from replicator.ops.rows import source_row
-from replicator.reads.api import ApiError, call_arguments, match, openapi, routes, to_json
+from replicator.reads.api import ApiError, ReadApi, call_arguments, openapi, routes, to_json
 from replicator.reads.dynamo import _by_sort_key
 from replicator.reads.patterns import (
     Query,
     QueryError,
+    StoreError,
     catalog,
     decode_cursor,
     encode_cursor,
@@ -29,6 +33,7 @@ from replicator.reads.patterns import (
     parse_text,
     parse_timestamp,
 )
+from replicator.reads.router import ReadMetrics, Served
 from replicator.reads.rows import Page, RowShape, miss, same
 
 SETTINGS = Settings()
@@ -169,9 +174,9 @@ def test_a_row_has_keys_and_columns_only_with_python_values_in_a_fixed_order() -
         "LoanId": 3,
         "PaymentNumber": 1,
         "PaymentDate": "2024-01-15",
-        "PaymentAmount": Decimal("12.5"),
-        "PrincipalAmount": Decimal("100"),
-        "InterestAmount": Decimal("0"),
+        "PaymentAmount": Decimal("12.50"),
+        "PrincipalAmount": Decimal("100.00"),
+        "InterestAmount": Decimal("0.00"),
         "PaymentMethod": "ACH",
         "PaymentStatus": "Completed",
         "CreatedDate": "2024-01-15T10:30:00.000000Z",
@@ -182,7 +187,18 @@ def test_a_row_has_keys_and_columns_only_with_python_values_in_a_fixed_order() -
         "CreatedDate",
     ]  # fmt: skip
     assert type(row["CustomerId"]) is int and type(row["PaymentAmount"]) is Decimal
-    assert str(row["PrincipalAmount"]) == "100" and str(row["InterestAmount"]) == "0"
+    # The columns' declared scale (numeric(10,2)), whatever DynamoDB sent back.
+    assert str(row["PrincipalAmount"]) == "100.00" and str(row["InterestAmount"]) == "0.00"
+    assert to_json(RowShape.of(PAYMENTS).row(payment_item("2.5E+3"))).count(b":2500.00,") == 1
+
+
+def test_a_decimal_without_a_scale_reads_without_trailing_zeros() -> None:
+    shape = RowShape({"Amount": "decimal"})
+    assert to_json(shape.row({"Amount": {"N": "12.50"}})) == b'{"Amount":12.5}'
+    assert to_json(shape.row({"Amount": {"N": "2.5E+3"}})) == b'{"Amount":2500}'
+    # More digits than a (wrong) declared scale: kept, never rounded.
+    scaled = RowShape({"Amount": "decimal"}, {"Amount": 2})
+    assert to_json(scaled.row({"Amount": {"N": "0.125"}})) == b'{"Amount":0.125}'
 
 
 def test_a_delete_marker_is_no_row() -> None:
@@ -245,6 +261,7 @@ def test_both_stores_give_the_same_row_for_any_amount(cents: int) -> None:
     assert from_postgres is not None and from_dynamo is not None
     assert to_json(from_postgres) == to_json(from_dynamo)
     assert from_postgres["PaymentAmount"] == Decimal(amount)  # exact, never a float
+    assert f'"PaymentAmount":{amount},'.encode() in to_json(from_dynamo)  # and its scale
 
 
 def test_source_rows_map_through_the_pipelines_mapping() -> None:
@@ -332,15 +349,81 @@ def test_json_keeps_decimals_exact() -> None:
         to_json({"x": 1.5})  # a float never gets here: refuse rather than round
 
 
-def test_routes_cover_every_pattern_and_match_encoded_values() -> None:
+class FakePath:
+    """What the ASGI app needs of a ReadPath, answering from memory."""
+
+    def __init__(self, settings: Settings = SETTINGS) -> None:
+        self.settings = settings
+        self.config = settings.reads
+        self.metrics = ReadMetrics()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def read(self, pattern: str, *args: Any, **kwargs: Any) -> Served:
+        self.calls.append((pattern, *args))
+        if pattern.endswith("_by_id"):
+            return Served(None if args[0] == "404" else {"Amount": Decimal("2500.00")}, "dynamodb")
+        if args[0] == "down":
+            raise StoreError("dynamodb", "Query: timed out")
+        parse_int("limit", kwargs["limit"], (1, 500))
+        return Served(Page([{"Amount": Decimal("2500.00")}], None), "postgres")
+
+    def current_phases(self) -> dict[str, str]:
+        return {"Payments": "postgres-only"}
+
+
+@contextlib.contextmanager
+def served(path: FakePath) -> Iterator[httpx.Client]:
+    """The ASGI app on uvicorn on a free localhost port, as `reads serve` runs it."""
+    api = ReadApi(path, port=0).start()  # type: ignore[arg-type]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{api.port}", timeout=10) as client:
+            yield client
+    finally:
+        api.close()
+
+
+def test_routes_cover_every_pattern_and_the_app_routes_encoded_values() -> None:
     assert sorted(r.pattern for r in ROUTES) == sorted(PATTERNS)
-    route, value = match(ROUTES, "/logs/by-service/Credit%20Check%2FEU") or (None, None)
-    assert route is not None and route.pattern == "logs_by_service"
-    assert value == "Credit Check/EU"
-    found = match(ROUTES, "/payments/42")
-    assert found is not None and found[0].pattern == "payment_by_id" and found[1] == "42"
-    assert match(ROUTES, "/payments/by-customer/7/extra") is None
-    assert match(ROUTES, "/logs/by-application/") is None
+    fake = FakePath()
+    with served(fake) as client:
+        response = client.get(
+            "/logs/by-service/Credit%20Check%2FEU?start=2024-01-01&end=2024-01-02"
+        )
+        assert response.status_code == 200, response.text
+        assert fake.calls[-1] == ("logs_by_service", "Credit Check/EU", "2024-01-01", "2024-01-02")
+        assert response.headers["X-Read-Source"] == "postgres"
+        assert response.content == b'{"items":[{"Amount":2500.00}],"next":null}'
+        one = client.get("/payments/42")
+        assert one.status_code == 200 and fake.calls[-1] == ("payment_by_id", "42")
+        assert one.headers["X-Read-Source"] == "dynamodb"
+        for url in ("/payments/by-customer/7/extra", "/logs/by-application/", "/nothing"):
+            missing = client.get(url)
+            assert missing.status_code == 404 and missing.json()["error"] == "not_found", url
+        assert "no payment with id 404" in client.get("/payments/404").json()["message"]
+        bad = client.get("/logs/by-application/5?limit=0")
+        assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+        assert client.get("/logs/by-application/5?x=1").json()["message"].startswith("unknown")
+        down = client.get("/payments/by-loan/down")
+        assert down.status_code == 503 and down.json()["error"] == "unavailable"
+        for method in ("POST", "PUT", "PATCH", "DELETE", "HEAD"):
+            refused = client.request(method, "/payments/1")
+            assert refused.status_code == 405 and refused.headers["Allow"] == "GET", method
+        assert client.get("/phases").json() == {"tables": {"Payments": "postgres-only"}}
+        assert client.get("/healthz").json() == {"ok": True}
+        assert b"replicator_read_seconds" in client.get("/metrics").content
+        assert client.get("/openapi.json").json()["openapi"] == "3.1.0"
+
+
+def test_an_answer_later_than_the_request_timeout_is_a_503() -> None:
+    import time
+
+    slow = FakePath(Settings(reads={"request_timeout_s": 0.2}))
+    slow.read = lambda *a, **k: time.sleep(2)  # type: ignore[method-assign]
+    with served(slow) as client:
+        started = time.monotonic()
+        response = client.get("/payments/by-loan/1")
+        assert response.status_code == 503 and response.json()["error"] == "timeout"
+        assert time.monotonic() - started < 1.5
 
 
 def test_call_arguments() -> None:
@@ -374,6 +457,9 @@ def test_openapi_lists_every_route_with_schemas_from_the_mappings() -> None:
     assert set(spec["paths"]) == {r.path for r in ROUTES} | {"/phases"}
     payment = spec["components"]["schemas"]["PaymentsRow"]
     assert payment["properties"]["PaymentAmount"]["type"] == "number"
+    assert payment["properties"]["PaymentAmount"]["x-scale"] == 2
+    assert "2 decimal places" in payment["properties"]["PaymentAmount"]["description"]
+    assert b'"examples":[2500.00]' in to_json(payment["properties"]["PaymentAmount"])
     assert payment["properties"]["CustomerId"]["type"] == "integer"
     assert set(payment["required"]) == {"CustomerId", "PaymentDateId", "PaymentId"}
     log = spec["components"]["schemas"]["IntegrationLogsRow"]
@@ -406,8 +492,10 @@ def test_a_third_tables_declared_patterns_become_routes_cli_names_and_openapi() 
     assert notes.table == "ApplicationNotes" and notes.order == "AppSK" and not notes.regroup
     assert notes.partition(42) == {"S": "APP#42"}
     assert patterns["note_by_id"].single and patterns["note_by_id"].decl.cli_name == "note"
-    found = match(routes(settings), "/notes/by-application/42")
-    assert found is not None and found[0].pattern == "notes_of_application"
+    fake = FakePath(settings)
+    with served(fake) as client:
+        assert client.get("/notes/by-application/42").status_code == 200
+        assert fake.calls[-1] == ("notes_of_application", "42", None, None)
     spec = openapi(settings)
     assert "/notes/{note_id}" in spec["paths"]
     assert spec["components"]["schemas"]["ApplicationNotesRow"]["properties"]["Score"]["type"] == (
@@ -453,3 +541,30 @@ def test_bad_pattern_declarations_are_refused_at_load(change: dict[str, Any], me
     data["reads"]["patterns"] = [{**first, **change}]
     with pytest.raises(ValidationError, match=message):
         type(LOGS).model_validate(data)
+
+
+def test_shutdown_lets_the_requests_in_flight_finish() -> None:
+    import threading
+    import time
+
+    slow = FakePath()
+    inner = slow.read
+
+    def read(*args: Any, **kwargs: Any) -> Served:
+        time.sleep(0.5)
+        return inner(*args, **kwargs)
+
+    slow.read = read  # type: ignore[method-assign]
+    api = ReadApi(slow, port=0).start()  # type: ignore[arg-type]
+    answers: list[int] = []
+    url = f"http://127.0.0.1:{api.port}/payments/by-loan/1"
+    request = threading.Thread(
+        target=lambda: answers.append(httpx.get(url, timeout=10).status_code)
+    )
+    request.start()
+    time.sleep(0.2)  # in flight
+    api.close()
+    request.join(10)
+    assert answers == [200]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
