@@ -31,7 +31,9 @@ from replicator.config import Settings, load_settings
 from replicator.core.mapping import to_item
 from replicator.ops.rows import source_row
 from replicator.ops.tables import ensure_table
-from replicator.reads.path import DynamoReads, PostgresReads, reads_client, same
+from replicator.reads.dynamo import DynamoReads, reads_client
+from replicator.reads.postgres import PostgresReads
+from replicator.reads.rows import same
 
 SCHEMA = "readsbench"
 SERVICES = ["CreditCheckService", "PaymentGateway", "DocumentStore", "EmailService",

@@ -290,6 +290,15 @@ class ReadsSettings(_Section):
     )
     host: str = Field("127.0.0.1", description="HTTP read API: address to bind")
     port: int = Field(9110, ge=0, le=65535, description="HTTP read API port; 0: any free port")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="HTTP read API: an answer not ready by then is a 503"
+    )
+    keep_alive_s: float = Field(
+        60.0, ge=1, description="HTTP read API: an idle kept-alive connection is closed after this"
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, ge=0, description="HTTP read API: on shutdown, requests in flight get this long"
+    )
     default_page_size: int = Field(50, gt=0)
     max_page_size: int = Field(500, gt=0)
     max_range_days: int = Field(

@@ -20,24 +20,6 @@ from replicator.errors import ReplicatorError
 reads_app = typer.Typer(help="The read path: the HTTP read API.", no_args_is_help=True)
 app.add_typer(reads_app, name="reads")
 
-# CLI name -> ReadPath method; which take a date/time range (True: required).
-_READ_PATTERNS: dict[str, tuple[str, bool | None]] = {
-    "logs-by-application": ("logs_by_application", None),
-    "logs-by-service": ("logs_by_service", True),
-    "logs-by-correlation": ("logs_by_correlation", None),
-    "failures-of-day": ("failures_of_day", None),
-    "log": ("log_by_id", None),
-    "payments-by-customer": ("payments_by_customer", False),
-    "payments-by-loan": ("payments_by_loan", None),
-    "payments-by-status": ("payments_by_status", True),
-    "payments-by-method": ("payments_by_method", True),
-    "payment": ("payment_by_id", None),
-}
-_LOG_COLUMNS = ("LogTimestamp", "LogId", "ServiceName", "ApplicationId", "IsSuccess",
-                "StatusCode", "CorrelationId", "ErrorMessage")  # fmt: skip
-_PAYMENT_COLUMNS = ("PaymentDate", "PaymentId", "CustomerId", "LoanId", "PaymentAmount",
-                    "PaymentMethod", "PaymentStatus", "TransactionId")  # fmt: skip
-
 
 @reads_app.command("serve")
 @friendly
@@ -53,7 +35,7 @@ def reads_serve(
 
     from replicator.observe.log import configure
     from replicator.reads.api import ReadApi
-    from replicator.reads.path import ReadPath
+    from replicator.reads.router import ReadPath
 
     s = settings()
     configure(s.log_level)
@@ -77,7 +59,12 @@ def reads_serve(
 @app.command("read")
 @friendly
 def read_one(
-    pattern: Annotated[str, typer.Argument(help=" | ".join(_READ_PATTERNS))],
+    pattern: Annotated[
+        str,
+        typer.Argument(
+            help="A declared pattern (the mappings' reads: logs-by-application, payment, ...)."
+        ),
+    ],
     value: Annotated[
         str,
         typer.Argument(
@@ -95,19 +82,26 @@ def read_one(
 ) -> None:
     """Run one access pattern of the read path and print the rows."""
     from replicator.reads.api import to_json
-    from replicator.reads.path import LOG_PATTERNS, DynamoReads, Page, PostgresReads, ReadPath
+    from replicator.reads.dynamo import DynamoReads
+    from replicator.reads.patterns import catalog
+    from replicator.reads.postgres import PostgresReads
+    from replicator.reads.router import ReadPath
+    from replicator.reads.rows import Page
 
-    if pattern not in _READ_PATTERNS:
-        raise ReplicatorError(f"unknown pattern {pattern!r}; one of: {', '.join(_READ_PATTERNS)}")
-    method, ranged = _READ_PATTERNS[pattern]
+    s = settings()
+    patterns = {p.decl.cli_name: p for p in catalog(s).values()}
+    if pattern not in patterns:
+        raise ReplicatorError(f"unknown pattern {pattern!r}; one of: {', '.join(patterns)}")
+    chosen = patterns[pattern]
+    ranged = chosen.decl.range
     if ranged is None and (start or end):
         raise ReplicatorError(f"{pattern} takes no --start/--end")
-    if ranged and not (start and end):
+    if ranged is not None and ranged.required and not (start and end):
         raise ReplicatorError(f"{pattern} needs --start and --end")
-    single = method.endswith("_by_id")
+    single = chosen.single
     if single and (limit is not None or cursor):
         raise ReplicatorError(f"{pattern} returns one row: no --limit/--cursor")
-    s = settings()
+    method = chosen.name
     args: list[Any] = [value, *([start, end] if ranged is not None else [])]
     kwargs: dict[str, Any] = {}
     if not single:
@@ -122,7 +116,7 @@ def read_one(
     elif store in ("postgres", "dynamodb"):
         reader = PostgresReads(s) if store == "postgres" else DynamoReads(s)
         try:
-            result, source = getattr(reader, method)(*args, **kwargs), store
+            result, source = reader.read(method, *args, **kwargs), store
         finally:
             reader.close()
     else:
@@ -142,7 +136,7 @@ def read_one(
     if single and not rows:
         err.print(f"no row with id {value} (read from {source})")
         raise typer.Exit(1)
-    columns = _LOG_COLUMNS if method in LOG_PATTERNS else _PAYMENT_COLUMNS
+    columns = chosen.mapping.reads.show or list(chosen.shape.kinds)
     view = Table(*columns, title=f"{pattern} {value} ({len(rows)} from {source})")
     for row in rows:
         view.add_row(*("" if row.get(c) is None else str(row[c])[:60] for c in columns))

@@ -43,6 +43,13 @@ class Column(_Frozen):
     name: str = Field(description="column name in PostgreSQL (lower case)")
     attribute: str = Field(description="attribute name in DynamoDB")
     type: ColumnType
+    scale: int | None = Field(
+        None,
+        ge=0,
+        le=38,
+        description="a decimal column's scale (numeric(10,2): 2): reads "
+        "render its values with that many decimals from either store (DynamoDB keeps no scale)",
+    )
 
 
 class KeyAttribute(_Frozen):
@@ -92,6 +99,74 @@ class Retention(_Frozen):
     days: int = Field(gt=0)
 
 
+class ReadParam(_Frozen):
+    """The one value a read pattern is asked for (in its path), matched against a column."""
+
+    name: str = Field(description="as in the path, the CLI and error messages: 'loan_id'")
+    column: str = Field(description="the column it equals (a lookup column too)")
+    day: bool = Field(False, description="a date that matches the day of a timestamp column")
+    max_chars: int = Field(100, gt=0, description="a text value's longest length")
+    choices: list[str] = Field(default_factory=list, description="the only values allowed")
+    description: str | None = None
+
+
+class ReadRange(_Frozen):
+    """The optional start/end query parameters: timestamps [start, end), dates [start, end]."""
+
+    column: str
+    required: bool = True
+
+
+class ReadPattern(_Frozen):
+    """One access pattern: a key condition on the table or an index, and the same rows as a
+    PostgreSQL query (the parameter's column, the range, the filters)."""
+
+    name: str = Field(description="e.g. payments_by_loan (library, metrics, OpenAPI operation)")
+    path: str = Field(description="HTTP path with the parameter: /payments/by-loan/{loan_id}")
+    summary: str
+    cli: str | None = Field(None, description="`replicator read` name; default: name with -")
+    param: ReadParam
+    index: str | None = Field(None, description="a GSI of the mapping; none: the table's key")
+    partition: str | None = Field(
+        None,
+        description="partition key value, a template over the parameter ({day} too with "
+        "fan_out: days); default the parameter itself",
+    )
+    fan_out: Literal["days"] | None = Field(
+        None,
+        description="days: one query per day of the range, newest first (the partition "
+        "key holds the day)",
+    )
+    range: ReadRange | None = None
+    filters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="column -> value the PostgreSQL side also requires "
+        "(what a sparse index's when_equal keeps)",
+    )
+    order: str | None = Field(
+        None,
+        description="the attribute lists are ordered by (newest first) and cursors carry; "
+        "default the table's sort key",
+    )
+    single: bool = Field(False, description="one row by id, or none")
+
+    @property
+    def cli_name(self) -> str:
+        return self.cli or self.name.replace("_", "-")
+
+
+class Reads(_Frozen):
+    """What the read path serves of a table."""
+
+    postgres_rows: str | None = Field(
+        None,
+        description="SQL giving the table's rows with their lookup columns, for tables "
+        "whose patterns filter on a lookup column (payments by customer); default the table",
+    )
+    show: list[str] = Field(default_factory=list, description="`replicator read` columns")
+    patterns: list[ReadPattern] = Field(default_factory=list)
+
+
 class TableMapping(_Frozen):
     name: str = Field(description="DynamoDB table name")
     source: str = Field(description="PostgreSQL table, 'schema.table'")
@@ -104,6 +179,7 @@ class TableMapping(_Frozen):
     lookups: list[Lookup] = Field(default_factory=list)
     ttl_attribute: str = "ExpiresAt"
     retention: Retention | None = None
+    reads: Reads = Field(default_factory=Reads, description="the read path's access patterns")
     tombstone_days: int = Field(
         default=40,
         gt=0,
@@ -135,6 +211,9 @@ class TableMapping(_Frozen):
             )
         columns = {c.name: c for c in self.columns}
         known = set(columns) | {lk.column for lk in self.lookups}
+        for c in self.columns:
+            if c.scale is not None and c.type != "decimal":
+                raise ValueError(f"column {c.name!r}: scale is for decimal columns")
         for lookup in self.lookups:
             if lookup.using not in columns:
                 raise ValueError(f"lookup {lookup.column!r} uses unknown column {lookup.using!r}")
@@ -205,11 +284,85 @@ class TableMapping(_Frozen):
                         f"index {index.name!r}: {key.attribute!r} is "
                         f"{types[key.attribute]}, not {key.type}"
                     )
+        self._check_reads(known, types)
         # Derived once here, not per row (model_copy(update=...) skips validation anyway).
         self._types = {c.name: c.type for c in self.columns} | {
             lk.column: lk.type for lk in self.lookups
         }
         return self
+
+    def _check_reads(self, known: set[str], types: dict[str, str]) -> None:
+        columns = {c.name: c for c in self.columns}
+        kinds = {c.name: c.type for c in self.columns} | {lk.column: lk.type for lk in self.lookups}
+        templates = {
+            a.attribute: a.template
+            for a in [
+                self.partition_key,
+                *([self.sort_key] if self.sort_key else []),
+                *self.derived,
+            ]
+        }
+        indexes = {i.name: i for i in self.indexes}
+        names = [p.name for p in self.reads.patterns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"read patterns named twice: {sorted(names)}")
+        for attr in self.reads.show:
+            if attr not in types:
+                raise ValueError(f"reads.show names unknown attribute {attr!r}")
+        for p in self.reads.patterns:
+            where = f"read pattern {p.name!r}"
+            for name in [p.param.column, *(p.filters), *([p.range.column] if p.range else [])]:
+                if name not in known:
+                    raise ValueError(f"{where} names unknown column {name!r}")
+            if p.param.day and kinds[p.param.column] != "timestamp":
+                raise ValueError(f"{where}: day needs a timestamp column")
+            if p.range and kinds[p.range.column] not in ("timestamp", "date"):
+                raise ValueError(f"{where}: the range column must be a timestamp or a date")
+            if p.path.count("{") != 1 or f"{{{p.param.name}}}" not in p.path:
+                raise ValueError(f"{where}: path must hold {{{p.param.name}}} and nothing else")
+            if p.index is not None and p.index not in indexes:
+                raise ValueError(f"{where}: no index {p.index!r} in the mapping")
+            allowed = {p.param.name, *(["day"] if p.fan_out else [])}
+            for name, _ in template_fields(p.partition or f"{{{p.param.name}}}"):
+                if name not in allowed:
+                    raise ValueError(f"{where}: partition names {name!r}, not the parameter")
+            if p.fan_out and (p.index or not p.range or kinds[p.range.column] != "timestamp"):
+                raise ValueError(f"{where}: fan_out days is on the table key, by a time range")
+            index = indexes.get(p.index or "")
+            if p.single:
+                if index is None and self.sort_key is not None:
+                    raise ValueError(f"{where}: one row by the table key needs no sort key")
+                pk = index.partition_key.attribute if index else self.partition_key.attribute
+                if p.param.column not in columns or pk != columns[p.param.column].attribute:
+                    raise ValueError(f"{where}: the key must be the parameter's column")
+                if p.range or p.fan_out or p.order:
+                    raise ValueError(f"{where}: one row takes no range, fan_out or order")
+                continue
+            order = p.order or (self.sort_key.attribute if self.sort_key else None)
+            if order not in templates:
+                raise ValueError(f"{where}: order must be a key or derived attribute")
+            for name, spec in template_fields(templates[order]):
+                padded = kinds[name] in ("int", "bigint") and spec.startswith("0")
+                if not padded and (spec or kinds[name] not in ("timestamp", "date")):
+                    raise ValueError(
+                        f"{where}: order {order!r} must be made of fixed-width "
+                        "timestamps, dates and zero-padded ids"
+                    )
+            sort = index.sort_key if index else self.sort_key
+            if sort is not None and templates.get(sort.attribute) != templates[order]:
+                # A coarser index sort key (a date) whose items are re-ordered by `order`.
+                first = template_fields(templates[order])[0][0]
+                column = columns.get(first)
+                if (
+                    not p.range
+                    or first != p.range.column
+                    or column is None
+                    or (sort.attribute != column.attribute)
+                ):
+                    raise ValueError(
+                        f"{where}: the index sorts by {sort.attribute!r}, which "
+                        f"must be the range column that {order!r} begins with"
+                    )
 
     @property
     def key_attributes(self) -> list[str]:

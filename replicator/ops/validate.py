@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 
 from replicator.config import Settings
 from replicator.core.items import is_marker
-from replicator.core.mapping import Item, TableMapping
+from replicator.core.mapping import Item, TableMapping, canonical
 from replicator.errors import ReplicatorError
 from replicator.ops.rows import source_rows
 from replicator.ops.verify import (
@@ -143,38 +143,48 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 def read_calls(
     mapping: TableMapping, rows: list[dict[str, Any]]
 ) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-    """(pattern, args, kwargs) of the read path's access patterns for ``mapping`` (the logs or
-    payments table), with parameters from real rows (Debezium-shaped, with lookups)."""
+    """(pattern, args, kwargs) of the mapping's declared access patterns, with parameters
+    from real rows (Debezium-shaped, with lookups): the row's value of the pattern's column,
+    and a range from its day (a day of times; 30 days of dates) when the range is required."""
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+    types = mapping.column_types()
     for row in rows:
         item = expect(mapping, row_pk(mapping, row), row).item
         if item is None:
             continue
-        if mapping.source == LOGS_SOURCE:
-            day = item["LogTimestamp"]["S"][:10]
-            next_day = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
-            calls.append(("log_by_id", (row["logid"],), {}))
-            calls.append(("logs_by_service", (row["servicename"], day, next_day), {}))
-            calls.append(("failures_of_day", (day,), {}))
-            if row.get("applicationid") is not None:
-                calls.append(("logs_by_application", (row["applicationid"],), {}))
-            if row.get("correlationid"):
-                calls.append(("logs_by_correlation", (row["correlationid"],), {}))
-        else:
-            day = item["PaymentDate"]["S"]
-            month = (dt.date.fromisoformat(day) + dt.timedelta(days=30)).isoformat()
-            calls.append(("payment_by_id", (row["paymentid"],), {}))
-            calls.append(("payments_by_customer", (row["customerid"],), {}))
-            calls.append(("payments_by_loan", (row["loanid"],), {}))
-            calls.append(("payments_by_status", (row["paymentstatus"], day, month), {}))
-            calls.append(("payments_by_method", (row["paymentmethod"], day, month), {}))
+        source = {**row, **row_texts(mapping, row)}
+        for pattern in mapping.reads.patterns:
+            value = source.get(pattern.param.column)
+            if value is None or value == "":
+                continue  # nothing to look the row up by (a NULL application id, say)
+            if pattern.param.day:
+                value = value[:10]
+            args: tuple[Any, ...] = (value,)
+            rng = pattern.range
+            if rng is not None and rng.required:
+                day = source[rng.column][:10]
+                days = 1 if types[rng.column] == "timestamp" else 30
+                end = (dt.date.fromisoformat(day) + dt.timedelta(days=days)).isoformat()
+                args = (value, day, end)
+            calls.append((pattern.name, args, {}))
     return calls
+
+
+def row_texts(mapping: TableMapping, row: dict[str, Any]) -> dict[str, Any]:
+    """The row's timestamps and dates as their stored text (parameters take that form)."""
+    out: dict[str, Any] = {}
+    for name, kind in mapping.column_types().items():
+        value = row.get(name)
+        if kind in ("timestamp", "date") and isinstance(value, int):
+            out[name] = canonical(name, kind, value)
+    return out
 
 
 def latency_check(
     verifier: Verifier, reads_per_pattern: int, progress: Progress, window: Window | None
 ) -> tuple[Check, list[Latency]]:
-    from replicator.reads.path import DynamoReads, PostgresReads
+    from replicator.reads.dynamo import DynamoReads
+    from replicator.reads.postgres import PostgresReads
 
     mapping = verifier.mapping
     where, params = verifier._where(_window_bounds(mapping, window) if window else None)
@@ -194,7 +204,7 @@ def latency_check(
             for store, samples in zip(stores, (pg_ms, dynamo_ms), strict=True):
                 started = time.perf_counter()
                 try:
-                    answers.append(getattr(store, pattern)(*args, **kwargs))
+                    answers.append(store.read(pattern, *args, **kwargs))
                 except ReplicatorError:
                     problems[0] += 1
                     answers.append(None)
@@ -331,7 +341,7 @@ def validate(
                     verifier, options.sample_rows, options.sample_threshold, group_id, scope
                 )
             )
-            if mapping.source in (LOGS_SOURCE, PAYMENTS_SOURCE):
+            if mapping.reads.patterns:
                 check, latencies = latency_check(
                     verifier, options.latency_reads, verifier.progress, scope
                 )

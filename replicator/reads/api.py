@@ -1,46 +1,54 @@
-"""The HTTP read API (standard library, read-only): the read path's access patterns and the
+"""The HTTP read API (read-only, Starlette on uvicorn): the declared access patterns and the
 current phases as JSON, for applications in any language, with an OpenAPI 3.1 description at
-``/openapi.json``.
+``/openapi.json`` generated from the same route definitions as the routes (which come from the
+mappings' declared patterns).
 
 - Lists answer ``{"items": [...], "next": cursor | null}``; pass ``next`` back as ``cursor`` for
   the following page. A single item answers the row itself, or 404.
 - Numbers are JSON numbers with their exact decimal text (amounts are never floats on our
-  side; read them as decimals). Timestamps are fixed-width UTC text, dates ``YYYY-MM-DD``; a NULL
-  column is an absent key.
+  side; read them as decimals); a decimal column with a declared ``scale`` keeps it on both
+  stores (numeric(10,2): ``2500.00``, never ``2500`` or ``2.5E+3``). Timestamps are
+  fixed-width UTC text, dates ``YYYY-MM-DD``; a NULL column is an absent key.
 - Bad parameters answer 400, an unknown path or item 404, any method but GET 405, a store that
   does not answer 503; every error is ``{"error": code, "message": text}``.
 - The ``X-Read-Source`` header names the store that served the answer (postgres or dynamodb).
 
-It binds ``reads.host`` (127.0.0.1 unless configured) and serves from one thread per request.
+It binds ``reads.host`` (127.0.0.1 unless configured). Reads block, so each runs in a worker
+thread; an answer not ready within ``reads.request_timeout_s`` is a 503. Idle keep-alive
+connections close after ``reads.keep_alive_s``; ``close()`` drains the requests in flight for up
+to ``reads.shutdown_timeout_s``.
 """
 
 from __future__ import annotations
 
-import json
+import socket
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
+import anyio
+import anyio.to_thread
 import structlog
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from replicator.config import Settings
 from replicator.core.mapping import TableMapping
 from replicator.errors import ReplicatorError
-from replicator.reads.path import (
-    PAYMENT_METHODS,
-    PAYMENT_STATUSES,
-    Page,
-    QueryError,
-    ReadPath,
-    RowShape,
-    StoreError,
-    logs_mapping,
-    payments_mapping,
-)
+from replicator.reads.patterns import Pattern, QueryError, StoreError, catalog
+from replicator.reads.router import ReadPath
+from replicator.reads.rows import Page, RowShape, to_json
 
 log = structlog.get_logger("replicator.reads.api")
 
@@ -58,153 +66,63 @@ class Param:
 @dataclass(frozen=True)
 class Route:
     path: str  # with one {placeholder}
-    pattern: str  # the ReadPath method
+    pattern: str  # the declared pattern's name
     summary: str
-    row: Literal["LogRow", "PaymentRow"]
-    params: tuple[Param, ...]  # positional arguments of the method, in order
+    row: str  # the row schema's name in components
+    params: tuple[Param, ...]  # the pattern's value, then start and end, in order
     single: bool = False
+    noun: str = "row"  # of a single row's 404: "no log with id 5"
 
 
-def _id(name: str, what: str, bits: int = 32) -> Param:
-    return Param(name, "path", "integer", f"{what} ({bits}-bit integer)")
+def row_schema_name(mapping: TableMapping) -> str:
+    return f"{mapping.name}Row"
 
 
-_START_TS = Param("start", "query", "timestamp", "from this time on (included); a date = midnight")
-_END_TS = Param("end", "query", "timestamp", "up to this time (excluded); a date = midnight")
-_START_DAY = Param("start", "query", "date", "from this date on (included)")
-_END_DAY = Param("end", "query", "date", "up to this date (included)")
-
-ROUTES: tuple[Route, ...] = (
-    Route(
-        "/logs/by-application/{application_id}",
-        "logs_by_application",
-        "Logs of an application, newest first",
-        "LogRow",
-        (_id("application_id", "ApplicationId"),),
-    ),
-    Route(
-        "/logs/by-service/{service}",
-        "logs_by_service",
-        "Logs of a service in a time range [start, end), newest first",
-        "LogRow",
-        (Param("service", "path", "string", "ServiceName"), _START_TS, _END_TS),
-    ),
-    Route(
-        "/logs/by-correlation/{correlation_id}",
-        "logs_by_correlation",
-        "Logs sharing a CorrelationId, newest first",
-        "LogRow",
-        (Param("correlation_id", "path", "string", "CorrelationId"),),
-    ),
-    Route(
-        "/logs/failures/{day}",
-        "failures_of_day",
-        "Failed calls (IsSuccess false) of a day (UTC), newest first",
-        "LogRow",
-        (Param("day", "path", "date", "the day, YYYY-MM-DD"),),
-    ),
-    Route(
-        "/logs/{log_id}",
-        "log_by_id",
-        "One log by LogId",
-        "LogRow",
-        (_id("log_id", "LogId", 64),),
-        single=True,
-    ),
-    Route(
-        "/payments/by-customer/{customer_id}",
-        "payments_by_customer",
-        "Payments of a customer, newest first, optionally in a date range [start, end]",
-        "PaymentRow",
-        (
-            _id("customer_id", "CustomerId"),
-            Param("start", "query", "date", "from this date on (included)", required=False),
-            Param("end", "query", "date", "up to this date (included)", required=False),
-        ),
-    ),
-    Route(
-        "/payments/by-loan/{loan_id}",
-        "payments_by_loan",
-        "Payments of a loan, newest first",
-        "PaymentRow",
-        (_id("loan_id", "LoanId"),),
-    ),
-    Route(
-        "/payments/by-status/{status}",
-        "payments_by_status",
-        "Payments in a status, in a date range [start, end], newest first",
-        "PaymentRow",
-        (
-            Param("status", "path", "string", "PaymentStatus", choices=PAYMENT_STATUSES),
-            _START_DAY,
-            _END_DAY,
-        ),
-    ),
-    Route(
-        "/payments/by-method/{method}",
-        "payments_by_method",
-        "Payments made by a method, in a date range [start, end], newest first",
-        "PaymentRow",
-        (
-            Param("method", "path", "string", "PaymentMethod", choices=PAYMENT_METHODS),
-            _START_DAY,
-            _END_DAY,
-        ),
-    ),
-    Route(
-        "/payments/{payment_id}",
-        "payment_by_id",
-        "One payment by PaymentId",
-        "PaymentRow",
-        (_id("payment_id", "PaymentId"),),
-        single=True,
-    ),
-)
+def _attribute(mapping: TableMapping, column: str) -> str:
+    """The attribute a column is stored as (a lookup column: the key that is just it)."""
+    for c in mapping.columns:
+        if c.name == column:
+            return c.attribute
+    for key in filter(None, [mapping.partition_key, mapping.sort_key]):
+        if key.template == f"{{{column}}}":
+            return key.attribute
+    return column
 
 
-# --- JSON -----------------------------------------------------------------------------------
+def route_of(p: Pattern) -> Route:
+    """A declared pattern's route: its parameter in the path, its range in the query."""
+    decl = p.decl
+    column = _attribute(p.mapping, decl.param.column)
+    kind: Literal["integer", "string", "date"] = "string"
+    description = decl.param.description or column
+    if p.param_type in ("int", "bigint"):
+        kind = "integer"
+        bits = 64 if p.param_type == "bigint" else 32
+        description = decl.param.description or f"{column} ({bits}-bit integer)"
+    elif p.param_type == "date":
+        kind = "date"
+    params = [Param(decl.param.name, "path", kind, description, choices=tuple(decl.param.choices))]
+    if decl.range is not None:
+        required = decl.range.required
+        if p.range_type == "timestamp":
+            params += [
+                Param("start", "query", "timestamp",
+                      "from this time on (included); a date = midnight", required),
+                Param("end", "query", "timestamp",
+                      "up to this time (excluded); a date = midnight", required),
+            ]  # fmt: skip
+        else:
+            params += [
+                Param("start", "query", "date", "from this date on (included)", required),
+                Param("end", "query", "date", "up to this date (included)", required),
+            ]
+    return Route(decl.path, decl.name, decl.summary, row_schema_name(p.mapping), tuple(params),
+                 decl.single, decl.cli_name)  # fmt: skip
 
 
-def to_json(value: Any) -> bytes:
-    """JSON text with Decimals as exact JSON numbers (the json module would need floats)."""
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out).encode()
-
-
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{value} has no JSON form")
-        out.append(str(value))
-    elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, dict):
-        out.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            if i:
-                out.append(",")
-            out.append(json.dumps(str(key), ensure_ascii=False))
-            out.append(":")
-            _encode(item, out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+def routes(settings: Settings) -> tuple[Route, ...]:
+    """The routes of every declared pattern, in the mappings' order."""
+    return tuple(route_of(p) for p in catalog(settings).values())
 
 
 # --- OpenAPI --------------------------------------------------------------------------------
@@ -219,6 +137,17 @@ def _row_schema(mapping: TableMapping, description: str) -> dict[str, Any]:
     for attribute, kind in shape.kinds.items():
         if kind in ("int", "bigint"):
             props[attribute] = {"type": "integer"}
+        elif kind == "decimal" and attribute in shape.scales:
+            scale = shape.scales[attribute]
+            example = Decimal(2500).quantize(Decimal(1).scaleb(-scale))
+            props[attribute] = {
+                "type": "number",
+                "description": f"exact decimal, always with {scale} decimal places (the column's "
+                f"scale, from either store): {example}, never {int(example)} or an exponent; "
+                "read it as a decimal, not a float",
+                "examples": [example],
+                "x-scale": scale,
+            }
         elif kind == "decimal":
             props[attribute] = {
                 "type": "number",
@@ -271,7 +200,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
         }
 
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    for route in routes(settings):
         parameters = [
             {
                 "name": p.name,
@@ -365,12 +294,15 @@ def openapi(settings: Settings) -> dict[str, Any]:
         }
     }
     phase_names = ["postgres-only", "dual-write", "hybrid-read", "dynamodb-only"]
+    read = [m for m in settings.tables if m.reads.patterns]
+    tables = [m.name for m in read]
+    rows = {row_schema_name(m): _row_schema(m, f"One {m.name} row.") for m in read}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "replicator read API",
             "version": "1",
-            "description": "Read-only access to IntegrationLogs and Payments, served from "
+            "description": f"Read-only access to {', '.join(tables)}, served from "
             "PostgreSQL or DynamoDB by each table's migration phase, with identical results. "
             "Lists are newest first, ordered by the item's sort key; the X-Read-Source header "
             "names the store that answered.",
@@ -378,8 +310,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": {
-                "LogRow": _row_schema(logs_mapping(settings), "One IntegrationLogs row."),
-                "PaymentRow": _row_schema(payments_mapping(settings), "One Payments row."),
+                **rows,
                 "Error": {
                     "type": "object",
                     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
@@ -402,6 +333,8 @@ def openapi(settings: Settings) -> dict[str, Any]:
 
 # --- the server -----------------------------------------------------------------------------
 
+_JSON = "application/json; charset=utf-8"
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -409,29 +342,10 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def match(path: str) -> tuple[Route, str] | None:
-    """The route of a request path and its (decoded) placeholder value."""
-    segments = path.split("/")
-    for route in ROUTES:
-        template = route.path.split("/")
-        if len(template) != len(segments):
-            continue
-        value = None
-        for want, got in zip(template, segments, strict=True):
-            if want.startswith("{"):
-                value = unquote(got)
-            elif want != got:
-                break
-        else:
-            if value:
-                return route, value
-    return None
-
-
 def call_arguments(
     route: Route, value: str, query: dict[str, list[str]], default_limit: int
 ) -> tuple[list[Any], dict[str, Any]]:
-    """The ReadPath call for a request: positional arguments in the method's order, then
+    """The ReadPath call for a request: positional arguments in the pattern's order, then
     ``limit`` and ``after``. Raises ApiError(400) for unknown, repeated or missing parameters."""
     allowed = {p.name for p in route.params if p.where == "query"}
     if not route.single:
@@ -459,125 +373,198 @@ def call_arguments(
     return args, kwargs
 
 
-class ReadApi:
-    """The API on ``host:port`` (``reads.host``/``reads.port`` by default; port 0 = any free
-    one), served by a ThreadingHTTPServer in a daemon thread."""
-
-    def __init__(self, path: ReadPath, host: str | None = None, port: int | None = None) -> None:
-        reads = path.settings.reads
-        host = reads.host if host is None else host
-        port = reads.port if port is None else port
-        spec = to_json(openapi(path.settings))
-        handler = type("Handler", (_Handler,), {"path_": path, "spec": spec})
-        try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            raise ReplicatorError(
-                f"cannot serve the read API on {host}:{port}: {exc.strerror or exc} "
-                "(set reads.host / reads.port)"
-            ) from exc
-        self.httpd.daemon_threads = True
-        self.host = host
-        self.port: int = self.httpd.server_address[1]
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="read-api", daemon=True
-        )
-
-    def start(self) -> ReadApi:
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def _json(status: int, body: bytes, source: str | None = None, **headers: str) -> Response:
+    headers = {"Cache-Control": "no-store", **headers}
+    if source:
+        headers["X-Read-Source"] = source
+    return Response(body, status, headers=headers, media_type=_JSON)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    path_: ReadPath
-    spec: bytes
-    server_version = "replicator-read-api"
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections (every answer is sized)
-    timeout = 60  # an idle kept-alive connection gives its thread back after a minute
+def _error(status: int, code: str, message: str, **headers: str) -> Response:
+    return _json(status, to_json({"error": code, "message": message}), **headers)
 
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        try:
-            status, body, source = self._answer(parts.path, parts.query)
-        except ApiError as exc:
-            status, body, source = exc.status, _error(exc.code, exc.message), None
-        except QueryError as exc:
-            status, body, source = 400, _error("bad_request", str(exc)), None
-        except StoreError as exc:
-            status, body, source = 503, _error("unavailable", str(exc)), None
-        except ReplicatorError as exc:  # configuration (a missing index, say)
-            status, body, source = 500, _error("misconfigured", str(exc)), None
-        except Exception:
-            log.exception("read API request failed", path=parts.path)
-            status, body, source = 500, _error("internal", "unexpected error; see the log"), None
-        self._send(status, body, source)
 
-    def _answer(self, path: str, query_text: str) -> tuple[int, bytes, str | None]:
-        if path == "/openapi.json":
-            return 200, self.spec, None
-        if path == "/phases":
-            return 200, to_json({"tables": self.path_.current_phases()}), None
-        if path == "/healthz":
-            return 200, to_json({"ok": True}), None
-        if path == "/metrics":
-            return 200, self.path_.metrics.exposition(), "metrics"
-        found = match(path)
-        if found is None:
-            raise ApiError(404, "not_found", f"no such path {path!r}; see /openapi.json")
-        route, value = found
+def _read(path: ReadPath, route: Route, value: str, query_text: str) -> Response:
+    """One pattern's answer, or its error as {"error", "message"} (runs in a worker thread:
+    the read path blocks)."""
+    try:
         try:
             query = parse_qs(query_text, keep_blank_values=True, strict_parsing=False)
         except ValueError as exc:
             raise ApiError(400, "bad_request", f"query string: {exc}") from exc
-        args, kwargs = call_arguments(route, value, query, self.path_.config.default_page_size)
-        served = self.path_.read(route.pattern, *args, **kwargs)
+        args, kwargs = call_arguments(route, value, query, path.config.default_page_size)
+        served = path.read(route.pattern, *args, **kwargs)
         if route.single:
             if served.value is None:
-                raise _not_found(route, value)
-            return 200, to_json(served.value), served.source
+                raise ApiError(404, "not_found", f"no {route.noun} with id {value}")
+            return _json(200, to_json(served.value), served.source)
         assert isinstance(served.value, Page)
-        return 200, to_json({"items": served.value.rows, "next": served.value.next}), served.source
-
-    def _refuse(self) -> None:
-        body = _error("method_not_allowed", "this API is read-only: GET only")
-        # The request's body is not read: close rather than parse it as the next request.
-        self.close_connection = True
-        self._send(405, body, None, extra={"Allow": "GET", "Connection": "close"})
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
-
-    def _send(
-        self, status: int, body: bytes, source: str | None, extra: dict[str, str] | None = None
-    ) -> None:
-        self.send_response(status)
-        if source == "metrics":
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-        else:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            if source:
-                self.send_header("X-Read-Source", source)
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # requests are counted in /metrics; a line per read would drown the log
+        page = {"items": served.value.rows, "next": served.value.next}
+        return _json(200, to_json(page), served.source)
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except QueryError as exc:
+        return _error(400, "bad_request", str(exc))
+    except StoreError as exc:
+        return _error(503, "unavailable", str(exc))
+    except ReplicatorError as exc:  # configuration (a missing index, say)
+        return _error(500, "misconfigured", str(exc))
+    except Exception:
+        log.exception("read API request failed", pattern=route.pattern)
+        return _error(500, "internal", "unexpected error; see the log")
 
 
-def _error(code: str, message: str) -> bytes:
-    return to_json({"error": code, "message": message})
+class _RawPathRoute(StarletteRoute):
+    """Matches the path as sent (ASGI ``raw_path``), then decodes the placeholder: a value with
+    an encoded slash (``Credit%20Check%2FEU``) stays one segment, and a real extra segment
+    (``/logs/by-service/a/b``) is still no route (404)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        raw = scope.get("raw_path")
+        if scope["type"] != "http" or not raw:
+            return super().matches(scope)
+        as_sent = {**scope, "path": raw.decode("latin-1").split("?", 1)[0], "root_path": ""}
+        found, child = super().matches(as_sent)
+        if found is not Match.NONE:
+            child["path_params"] = {k: unquote(v) for k, v in child["path_params"].items()}
+        return found, child
 
 
-def _not_found(route: Route, value: str) -> ApiError:
-    what = "log" if route.row == "LogRow" else "payment"
-    return ApiError(404, "not_found", f"no {what} with id {value}")
+class _GetOnly:
+    """Any method but GET is refused before routing: the API is read-only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "GET":
+            refused = _error(
+                405, "method_not_allowed", "this API is read-only: GET only", Allow="GET"
+            )
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def app(path: ReadPath) -> Starlette:
+    """The ASGI application: one route per declared pattern (the same definitions the OpenAPI
+    description is generated from), /phases, /openapi.json, /metrics, /healthz."""
+    timeout_s = path.config.request_timeout_s
+    spec = to_json(openapi(path.settings))
+
+    async def in_thread(work: Callable[[], Response]) -> Response:
+        # The read path blocks: a worker thread per request. One that outlives the timeout is
+        # left to finish (the stores' own timeouts end it); the client gets a 503 now.
+        try:
+            with anyio.fail_after(timeout_s):
+                return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except TimeoutError:
+            return _error(
+                503, "timeout", f"no answer within {timeout_s:g} s (reads.request_timeout_s)"
+            )
+
+    def pattern_endpoint(route: Route) -> Callable[[Request], Awaitable[Response]]:
+        name = route.params[0].name
+
+        async def endpoint(request: Request) -> Response:
+            value = request.path_params[name]
+            return await in_thread(lambda: _read(path, route, value, request.url.query))
+
+        return endpoint
+
+    async def phases(_: Request) -> Response:
+        def work() -> Response:
+            try:
+                return _json(200, to_json({"tables": path.current_phases()}))
+            except ReplicatorError as exc:
+                return _error(503, "unavailable", str(exc))
+
+        return await in_thread(work)
+
+    async def spec_endpoint(_: Request) -> Response:
+        return _json(200, spec)
+
+    async def healthz(_: Request) -> Response:
+        return _json(200, to_json({"ok": True}))
+
+    async def metrics(_: Request) -> Response:
+        return Response(path.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, _: Exception) -> Response:
+        return _error(404, "not_found", f"no such path {request.url.path!r}; see /openapi.json")
+
+    table: list[BaseRoute] = [
+        _RawPathRoute(r.path, pattern_endpoint(r), methods=["GET"], name=r.pattern)
+        for r in routes(path.settings)
+    ]
+    table += [
+        StarletteRoute("/phases", phases, methods=["GET"]),
+        StarletteRoute("/openapi.json", spec_endpoint, methods=["GET"]),
+        StarletteRoute("/metrics", metrics, methods=["GET"]),
+        StarletteRoute("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=table,
+        middleware=[Middleware(_GetOnly)],
+        exception_handlers={404: not_found},
+    )
+
+
+class ReadApi:
+    """The API on ``host:port`` (``reads.host``/``reads.port`` by default; port 0 = any free
+    one), served by uvicorn in a thread of its own: HTTP/1.1 keep-alive (idle connections
+    closed after ``reads.keep_alive_s``), and on ``close()`` a graceful shutdown that lets the
+    requests in flight finish, for up to ``reads.shutdown_timeout_s``."""
+
+    def __init__(self, path: ReadPath, host: str | None = None, port: int | None = None) -> None:
+        reads = path.settings.reads
+        self.host = reads.host if host is None else host
+        wanted = reads.port if port is None else port
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            # Bound here, not by uvicorn: a taken port is one clear error, and port 0 is known.
+            self.socket = socket.create_server((self.host, wanted), family=family)
+        except OSError as exc:
+            raise ReplicatorError(
+                f"cannot serve the read API on {self.host}:{wanted}: {exc.strerror or exc} "
+                "(set reads.host / reads.port)"
+            ) from exc
+        self.port: int = self.socket.getsockname()[1]
+        config = uvicorn.Config(
+            app(path),
+            lifespan="off",
+            log_config=None,
+            access_log=False,  # reads are counted in /metrics; a line per read would drown the log
+            timeout_keep_alive=int(reads.keep_alive_s),
+            timeout_graceful_shutdown=int(reads.shutdown_timeout_s),
+            server_header=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, name="read-api", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.socket.getsockname()[:2]
+        return host, port
+
+    def start(self, timeout_s: float = 10.0) -> ReadApi:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.close()
+                raise ReplicatorError("the read API did not start; see the log")
+            time.sleep(0.01)
+        return self
+
+    def close(self) -> None:
+        """Stop accepting, let the requests in flight finish, then stop."""
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join((self.server.config.timeout_graceful_shutdown or 0) + 5)
+        self.socket.close()
 
 
 def serve(path: ReadPath, host: str | None = None, port: int | None = None) -> ReadApi:

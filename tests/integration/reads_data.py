@@ -26,7 +26,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from replicator.config import Settings
-from replicator.reads.path import DynamoReads, PostgresReads, StoreError
+from replicator.reads.dynamo import DynamoReads
+from replicator.reads.patterns import StoreError
+from replicator.reads.postgres import PostgresReads
 from tests.integration.helpers import wait_for
 
 SUFFIX = f"_reads{uuid.uuid4().hex[:6]}"

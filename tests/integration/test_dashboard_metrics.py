@@ -12,7 +12,7 @@ import pytest
 
 from replicator.config import Settings
 from replicator.reads.api import ReadApi
-from replicator.reads.path import ReadPath
+from replicator.reads.router import ReadPath
 from tests.integration.helpers import wait_for
 from tests.integration.test_metrics_health import free_port, get
 from tests.unit.test_dashboard import referenced_metrics

@@ -1,19 +1,31 @@
 """A table that is not in the design replicates with configuration only: a mapping in the
 settings file, the table in the publication, and the connector re-applied. The table keeps
 REPLICA IDENTITY DEFAULT, so an UPDATE that leaves its large text column alone arrives with
-Debezium's unavailable-value placeholder, and the stored value must be kept."""
+Debezium's unavailable-value placeholder, and the stored value must be kept. Its read patterns
+are declared in the same mapping: the read API and `replicator read` serve them from both
+stores with identical answers, with no code of their own."""
 
 from __future__ import annotations
 
+import json
+import random
 import secrets
+import subprocess
+import sys
+import time
+from decimal import Decimal
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from replicator.cli._common import connector_payload
 from replicator.config import Settings
 from replicator.ops.connector import ConnectClient
+from replicator.ops.phases import PhaseStore
+from replicator.reads.api import ReadApi
+from replicator.reads.router import ReadPath
 from tests.integration.helpers import get_item, normalized, visible, wait_for
 
 pytestmark = pytest.mark.stack
@@ -28,7 +40,7 @@ NOTES = {
         {"name": "applicationid", "attribute": "ApplicationId", "type": "int"},
         {"name": "author", "attribute": "Author", "type": "text"},
         {"name": "body", "attribute": "Body", "type": "text"},
-        {"name": "score", "attribute": "Score", "type": "decimal"},
+        {"name": "score", "attribute": "Score", "type": "decimal", "scale": 2},
         {"name": "createdat", "attribute": "CreatedAt", "type": "timestamp"},
     ],
     "derived": [
@@ -42,7 +54,118 @@ NOTES = {
             "sort_key": {"attribute": "AppSK"},
         }
     ],
+    # Read patterns as data: routes, OpenAPI, `replicator read` and validate come from these.
+    "reads": {
+        "show": ["CreatedAt", "NoteId", "ApplicationId", "Author", "Score"],
+        "patterns": [
+            {
+                "name": "notes_of_application",
+                "path": "/notes/by-application/{application_id}",
+                "summary": "Notes of an application, newest first, optionally in [start, end)",
+                "param": {"name": "application_id", "column": "applicationid"},
+                "index": "ByApplication",
+                "partition": "APP#{application_id}",
+                "order": "AppSK",
+                "range": {"column": "createdat", "required": False},
+            },
+            {
+                "name": "note_by_id",
+                "cli": "note",
+                "path": "/notes/{note_id}",
+                "summary": "One note by NoteId",
+                "param": {"name": "note_id", "column": "noteid"},
+                "single": True,
+            },
+        ],
+    },
 }
+
+
+def body(response: httpx.Response) -> Any:
+    return json.loads(response.content, parse_float=Decimal)
+
+
+def check_reads(own: Settings, config: str, app: int, noteids: list[int]) -> None:
+    """The notes through the API (postgres-only, then dynamodb-only) and the CLI (each store
+    named): the same answers everywhere, as the declarations say."""
+    table = "ApplicationNotes_third"
+    phases = PhaseStore(own)
+    path = ReadPath(own, phases)
+    server = ReadApi(path, port=0).start()
+    urls = [
+        f"/notes/by-application/{app}",
+        f"/notes/by-application/{app}?limit=2",
+        f"/notes/by-application/{app}?start=2024-05-05&end=2024-05-06",
+        *[f"/notes/{n}" for n in noteids],
+    ]
+    try:
+        wait_for(  # the index is eventually consistent
+            lambda: (
+                path.postgres.read("notes_of_application", app)
+                == path.dynamo.read("notes_of_application", app)
+            ),
+            60,
+            what="notes in the index",
+        )
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as client:
+            spec = body(client.get("/openapi.json"))
+            assert {"/notes/by-application/{application_id}", "/notes/{note_id}"} <= set(
+                spec["paths"]
+            )
+            score = spec["components"]["schemas"][f"{table}Row"]["properties"]["Score"]
+            assert score["type"] == "number" and score["x-scale"] == 2
+            answers = {}
+            for url in urls:
+                response = client.get(url)
+                assert response.status_code == 200, (url, response.text[:300])
+                assert response.headers["X-Read-Source"] == "postgres"
+                answers[url] = body(response)
+            listing = answers[urls[0]]
+            # numeric(5,2) keeps its scale: 250.00 and 0.10, never 250 or 0.1.
+            text = client.get(urls[0]).content
+            assert b'"Score":250.00' in text and b'"Score":0.10' in text
+            assert [r["NoteId"] for r in listing["items"]] == sorted(noteids, reverse=True)
+            paged = answers[urls[1]]
+            assert paged["items"] == listing["items"][:2] and paged["next"]
+            rest = body(client.get(f"{urls[1]}&cursor={paged['next']}"))
+            assert paged["items"] + rest["items"] == listing["items"]
+            assert client.get("/notes/by-application/x").status_code == 400
+            assert client.get(f"/notes/{2**62}").json()["error"] == "not_found"
+            phases.set(table, "dynamodb-only", who="test_third_table", why="reads", force=True)
+            time.sleep(own.reads.cache_s + 0.2)
+            for url in urls:
+                response = client.get(url)
+                assert response.status_code == 200, (url, response.text[:300])
+                assert response.headers["X-Read-Source"] == "dynamodb"
+                assert body(response) == answers[url], url
+            # A cursor made on DynamoDB continues the listing on PostgreSQL.
+            cursor = body(client.get(urls[1]))["next"]
+            phases.set(table, "postgres-only", who="test_third_table", why="reads done")
+            time.sleep(own.reads.cache_s + 0.2)
+            assert body(client.get(f"{urls[1]}&cursor={cursor}")) == rest
+    finally:
+        server.close()
+        path.close()
+        phases.close()
+
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            [sys.executable, "-m", "replicator.cli", "--config", config, "read", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    for args in (("notes-of-application", str(app)), ("note", str(noteids[0]))):
+        printed = [
+            json.loads(cli(*args, "--json", "--store", store), parse_float=Decimal)
+            for store in ("postgres", "dynamodb")
+        ]
+        assert printed[0].pop("source") == "postgres" and printed[1].pop("source") == "dynamodb"
+        assert printed[0] == printed[1], args
+    assert str(noteids[0]) in cli("note", str(noteids[0]), "--store", "dynamodb")
 
 
 def test_third_table_replicates_from_configuration_and_keeps_toasted_values(
@@ -77,22 +200,23 @@ def test_third_table_replicates_from_configuration_and_keeps_toasted_values(
         consumer.start()
         # Debezium restarts its task on the new config; wait until it streams the table.
         body = secrets.token_hex(60_000)  # 120 KB that barely compresses: stored out of line
+        app = random.randint(1_000_000, 2**31 - 1)  # this run's own: earlier notes stay out
         noteid = pg.execute(
             "INSERT INTO dbo.applicationnotes (applicationid, author, body, "
-            "score, createdat) VALUES (42, 'Åsa 🦉', %s, 7.50, "
+            "score, createdat) VALUES (%s, 'Åsa 🦉', %s, 7.50, "
             "'2024-05-05 05:05:05.000005') RETURNING noteid",
-            [body],
+            [app, body],
         ).fetchone()[0]
         key = {"NoteId": {"N": str(noteid)}}
         sk = f"2024-05-05T05:05:05.000005Z#{noteid:019d}"
         expected = {
             "NoteId": {"N": str(noteid)},
-            "ApplicationId": {"N": "42"},
+            "ApplicationId": {"N": str(app)},
             "Author": {"S": "Åsa 🦉"},
             "Body": {"S": body},
             "Score": {"N": "7.50"},
             "CreatedAt": {"S": "2024-05-05T05:05:05.000005Z"},
-            "AppPK": {"S": "APP#42"},
+            "AppPK": {"S": f"APP#{app}"},
             "AppSK": {"S": sk},
         }
         table = "ApplicationNotes_third"
@@ -115,6 +239,22 @@ def test_third_table_replicates_from_configuration_and_keeps_toasted_values(
         )
         stored = get_item(dynamodb, table, key)
         assert stored is not None and "__debezium_unavailable_value" not in str(stored)
+
+        # Two more notes of the application (one on another day), then the reads.
+        others = [
+            pg.execute(
+                "INSERT INTO dbo.applicationnotes (applicationid, author, body, score, createdat) "
+                "VALUES (%s, 'Bo', 'short', %s, %s) RETURNING noteid",
+                [app, score, when],
+            ).fetchone()[0]
+            for score, when in (("250.00", "2024-05-05 06:00:00"), ("0.10", "2024-05-07 00:00:00"))
+        ]
+        for other in others:
+            other_key = {"NoteId": {"N": str(other)}}
+            wait_for(
+                lambda k=other_key: visible(get_item(dynamodb, table, k)), 60, what="more notes"
+            )
+        check_reads(own, str(consumer.config), app, [noteid, *others])
 
         pg.execute("DELETE FROM dbo.applicationnotes WHERE noteid = %s", [noteid])
         wait_for(

@@ -3,11 +3,14 @@ store), the order of non-unique index keys, JSON, routes and the OpenAPI descrip
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,29 +19,30 @@ from pydantic import ValidationError
 from replicator.config import ReadsSettings, Settings
 from replicator.core.mapping import to_item
 from replicator.ops.rows import source_row
-from replicator.reads.api import ROUTES, ApiError, call_arguments, match, openapi, to_json
-from replicator.reads.path import (
-    PATTERNS,
-    Page,
+from replicator.reads.api import ApiError, ReadApi, call_arguments, openapi, routes, to_json
+from replicator.reads.dynamo import _by_sort_key
+from replicator.reads.patterns import (
     Query,
     QueryError,
-    RowShape,
-    _by_sort_key,
+    StoreError,
+    catalog,
     decode_cursor,
     encode_cursor,
-    logs_mapping,
-    miss,
     parse_date,
     parse_int,
     parse_text,
     parse_timestamp,
-    payments_mapping,
-    same,
 )
+from replicator.reads.router import ReadMetrics, Served
+from replicator.reads.rows import Page, RowShape, miss, same
 
 SETTINGS = Settings()
-PAYMENTS = payments_mapping(SETTINGS)
-LOGS = logs_mapping(SETTINGS)
+PAYMENTS = next(m for m in SETTINGS.tables if m.name == "Payments")
+LOGS = next(m for m in SETTINGS.tables if m.name == "IntegrationLogs")
+PATTERNS = catalog(SETTINGS)
+ROUTES = routes(SETTINGS)
+LOG_SORT = PATTERNS["logs_by_application"].sort_key
+PAY_SORT = PATTERNS["payments_by_status"].sort_key
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -105,7 +109,7 @@ PAY_KEY = "2024-01-15#0000000042"
 
 def test_cursor_round_trip_and_scope() -> None:
     cursor = encode_cursor("logs_by_application", (5, None, None), LOG_KEY)
-    assert decode_cursor("logs_by_application", (5, None, None), cursor, logs=True) == LOG_KEY
+    assert decode_cursor("logs_by_application", (5, None, None), cursor, LOG_SORT) == LOG_KEY
     assert "=" not in cursor and "/" not in cursor and "+" not in cursor  # URL-safe as is
     # Only the listing that made it: another value, pattern or range is refused.
     for pattern, params in (
@@ -113,12 +117,12 @@ def test_cursor_round_trip_and_scope() -> None:
         ("logs_by_correlation", (5, None, None)),
     ):
         with pytest.raises(QueryError, match="cursor"):
-            decode_cursor(pattern, params, cursor, logs=True)
+            decode_cursor(pattern, params, cursor, LOG_SORT)
     pay = encode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-02-01"), PAY_KEY)
     params = ("Failed", "2024-01-01", "2024-02-01")
-    assert decode_cursor("payments_by_status", params, pay, logs=False) == PAY_KEY
+    assert decode_cursor("payments_by_status", params, pay, PAY_SORT) == PAY_KEY
     with pytest.raises(QueryError, match="cursor"):
-        decode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-03-01"), pay, logs=False)
+        decode_cursor("payments_by_status", ("Failed", "2024-01-01", "2024-03-01"), pay, PAY_SORT)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +139,7 @@ def test_cursor_round_trip_and_scope() -> None:
 )
 def test_malformed_or_forged_cursors_are_refused(bad: str) -> None:
     with pytest.raises(QueryError, match="cursor"):
-        decode_cursor("logs_by_application", (5, None, None), bad, logs=True)
+        decode_cursor("logs_by_application", (5, None, None), bad, LOG_SORT)
 
 
 # --- items as rows --------------------------------------------------------------------------
@@ -170,9 +174,9 @@ def test_a_row_has_keys_and_columns_only_with_python_values_in_a_fixed_order() -
         "LoanId": 3,
         "PaymentNumber": 1,
         "PaymentDate": "2024-01-15",
-        "PaymentAmount": Decimal("12.5"),
-        "PrincipalAmount": Decimal("100"),
-        "InterestAmount": Decimal("0"),
+        "PaymentAmount": Decimal("12.50"),
+        "PrincipalAmount": Decimal("100.00"),
+        "InterestAmount": Decimal("0.00"),
         "PaymentMethod": "ACH",
         "PaymentStatus": "Completed",
         "CreatedDate": "2024-01-15T10:30:00.000000Z",
@@ -183,7 +187,18 @@ def test_a_row_has_keys_and_columns_only_with_python_values_in_a_fixed_order() -
         "CreatedDate",
     ]  # fmt: skip
     assert type(row["CustomerId"]) is int and type(row["PaymentAmount"]) is Decimal
-    assert str(row["PrincipalAmount"]) == "100" and str(row["InterestAmount"]) == "0"
+    # The columns' declared scale (numeric(10,2)), whatever DynamoDB sent back.
+    assert str(row["PrincipalAmount"]) == "100.00" and str(row["InterestAmount"]) == "0.00"
+    assert to_json(RowShape.of(PAYMENTS).row(payment_item("2.5E+3"))).count(b":2500.00,") == 1
+
+
+def test_a_decimal_without_a_scale_reads_without_trailing_zeros() -> None:
+    shape = RowShape({"Amount": "decimal"})
+    assert to_json(shape.row({"Amount": {"N": "12.50"}})) == b'{"Amount":12.5}'
+    assert to_json(shape.row({"Amount": {"N": "2.5E+3"}})) == b'{"Amount":2500}'
+    # More digits than a (wrong) declared scale: kept, never rounded.
+    scaled = RowShape({"Amount": "decimal"}, {"Amount": 2})
+    assert to_json(scaled.row({"Amount": {"N": "0.125"}})) == b'{"Amount":0.125}'
 
 
 def test_a_delete_marker_is_no_row() -> None:
@@ -246,6 +261,7 @@ def test_both_stores_give_the_same_row_for_any_amount(cents: int) -> None:
     assert from_postgres is not None and from_dynamo is not None
     assert to_json(from_postgres) == to_json(from_dynamo)
     assert from_postgres["PaymentAmount"] == Decimal(amount)  # exact, never a float
+    assert f'"PaymentAmount":{amount},'.encode() in to_json(from_dynamo)  # and its scale
 
 
 def test_source_rows_map_through_the_pipelines_mapping() -> None:
@@ -333,15 +349,81 @@ def test_json_keeps_decimals_exact() -> None:
         to_json({"x": 1.5})  # a float never gets here: refuse rather than round
 
 
-def test_routes_cover_every_pattern_and_match_encoded_values() -> None:
+class FakePath:
+    """What the ASGI app needs of a ReadPath, answering from memory."""
+
+    def __init__(self, settings: Settings = SETTINGS) -> None:
+        self.settings = settings
+        self.config = settings.reads
+        self.metrics = ReadMetrics()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def read(self, pattern: str, *args: Any, **kwargs: Any) -> Served:
+        self.calls.append((pattern, *args))
+        if pattern.endswith("_by_id"):
+            return Served(None if args[0] == "404" else {"Amount": Decimal("2500.00")}, "dynamodb")
+        if args[0] == "down":
+            raise StoreError("dynamodb", "Query: timed out")
+        parse_int("limit", kwargs["limit"], (1, 500))
+        return Served(Page([{"Amount": Decimal("2500.00")}], None), "postgres")
+
+    def current_phases(self) -> dict[str, str]:
+        return {"Payments": "postgres-only"}
+
+
+@contextlib.contextmanager
+def served(path: FakePath) -> Iterator[httpx.Client]:
+    """The ASGI app on uvicorn on a free localhost port, as `reads serve` runs it."""
+    api = ReadApi(path, port=0).start()  # type: ignore[arg-type]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{api.port}", timeout=10) as client:
+            yield client
+    finally:
+        api.close()
+
+
+def test_routes_cover_every_pattern_and_the_app_routes_encoded_values() -> None:
     assert sorted(r.pattern for r in ROUTES) == sorted(PATTERNS)
-    route, value = match("/logs/by-service/Credit%20Check%2FEU") or (None, None)
-    assert route is not None and route.pattern == "logs_by_service"
-    assert value == "Credit Check/EU"
-    found = match("/payments/42")
-    assert found is not None and found[0].pattern == "payment_by_id" and found[1] == "42"
-    assert match("/payments/by-customer/7/extra") is None
-    assert match("/logs/by-application/") is None
+    fake = FakePath()
+    with served(fake) as client:
+        response = client.get(
+            "/logs/by-service/Credit%20Check%2FEU?start=2024-01-01&end=2024-01-02"
+        )
+        assert response.status_code == 200, response.text
+        assert fake.calls[-1] == ("logs_by_service", "Credit Check/EU", "2024-01-01", "2024-01-02")
+        assert response.headers["X-Read-Source"] == "postgres"
+        assert response.content == b'{"items":[{"Amount":2500.00}],"next":null}'
+        one = client.get("/payments/42")
+        assert one.status_code == 200 and fake.calls[-1] == ("payment_by_id", "42")
+        assert one.headers["X-Read-Source"] == "dynamodb"
+        for url in ("/payments/by-customer/7/extra", "/logs/by-application/", "/nothing"):
+            missing = client.get(url)
+            assert missing.status_code == 404 and missing.json()["error"] == "not_found", url
+        assert "no payment with id 404" in client.get("/payments/404").json()["message"]
+        bad = client.get("/logs/by-application/5?limit=0")
+        assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+        assert client.get("/logs/by-application/5?x=1").json()["message"].startswith("unknown")
+        down = client.get("/payments/by-loan/down")
+        assert down.status_code == 503 and down.json()["error"] == "unavailable"
+        for method in ("POST", "PUT", "PATCH", "DELETE", "HEAD"):
+            refused = client.request(method, "/payments/1")
+            assert refused.status_code == 405 and refused.headers["Allow"] == "GET", method
+        assert client.get("/phases").json() == {"tables": {"Payments": "postgres-only"}}
+        assert client.get("/healthz").json() == {"ok": True}
+        assert b"replicator_read_seconds" in client.get("/metrics").content
+        assert client.get("/openapi.json").json()["openapi"] == "3.1.0"
+
+
+def test_an_answer_later_than_the_request_timeout_is_a_503() -> None:
+    import time
+
+    slow = FakePath(Settings(reads={"request_timeout_s": 0.2}))
+    slow.read = lambda *a, **k: time.sleep(2)  # type: ignore[method-assign]
+    with served(slow) as client:
+        started = time.monotonic()
+        response = client.get("/payments/by-loan/1")
+        assert response.status_code == 503 and response.json()["error"] == "timeout"
+        assert time.monotonic() - started < 1.5
 
 
 def test_call_arguments() -> None:
@@ -373,11 +455,14 @@ def test_openapi_lists_every_route_with_schemas_from_the_mappings() -> None:
     spec = openapi(SETTINGS)
     assert spec["openapi"] == "3.1.0"
     assert set(spec["paths"]) == {r.path for r in ROUTES} | {"/phases"}
-    payment = spec["components"]["schemas"]["PaymentRow"]
+    payment = spec["components"]["schemas"]["PaymentsRow"]
     assert payment["properties"]["PaymentAmount"]["type"] == "number"
+    assert payment["properties"]["PaymentAmount"]["x-scale"] == 2
+    assert "2 decimal places" in payment["properties"]["PaymentAmount"]["description"]
+    assert b'"examples":[2500.00]' in to_json(payment["properties"]["PaymentAmount"])
     assert payment["properties"]["CustomerId"]["type"] == "integer"
     assert set(payment["required"]) == {"CustomerId", "PaymentDateId", "PaymentId"}
-    log = spec["components"]["schemas"]["LogRow"]
+    log = spec["components"]["schemas"]["IntegrationLogsRow"]
     assert log["properties"]["IsSuccess"]["type"] == "boolean"
     assert "GSI1PK" not in log["properties"] and "ExpiresAt" not in log["properties"]
     for route in ROUTES:
@@ -393,3 +478,93 @@ def test_reads_settings_refuse_a_default_page_over_the_maximum() -> None:
     with pytest.raises(ValidationError, match="default_page_size"):
         ReadsSettings(default_page_size=600, max_page_size=500)
     assert ReadsSettings().host == "127.0.0.1"  # localhost unless configured
+
+
+# --- patterns as data -----------------------------------------------------------------------
+
+
+def test_a_third_tables_declared_patterns_become_routes_cli_names_and_openapi() -> None:
+    from tests.integration.test_third_table import NOTES
+
+    settings = Settings(tables=[*SETTINGS.tables, NOTES])
+    patterns = catalog(settings)
+    notes = patterns["notes_of_application"]
+    assert notes.table == "ApplicationNotes" and notes.order == "AppSK" and not notes.regroup
+    assert notes.partition(42) == {"S": "APP#42"}
+    assert patterns["note_by_id"].single and patterns["note_by_id"].decl.cli_name == "note"
+    fake = FakePath(settings)
+    with served(fake) as client:
+        assert client.get("/notes/by-application/42").status_code == 200
+        assert fake.calls[-1] == ("notes_of_application", "42", None, None)
+    spec = openapi(settings)
+    assert "/notes/{note_id}" in spec["paths"]
+    assert spec["components"]["schemas"]["ApplicationNotesRow"]["properties"]["Score"]["type"] == (
+        "number"
+    )
+    q = notes.query(settings, "42", "2024-05-05", None, "10")
+    assert (q.value, q.lo, q.hi, q.limit) == (42, "2024-05-05T00:00:00.000000Z", None, 10)
+    key = "2024-05-05T05:05:05.000005Z#0000000000000000007"
+    assert notes.sort_key is not None and notes.sort_key.values(key)[1] == 7
+    with pytest.raises(QueryError, match="cursor"):
+        notes.query(settings, "42", after=encode_cursor("notes_of_application", (43,), key))
+
+
+def test_the_design_patterns_resolve_as_before() -> None:
+    assert list(PATTERNS) == [
+        "logs_by_application", "logs_by_service", "logs_by_correlation", "failures_of_day",
+        "log_by_id", "payments_by_customer", "payments_by_loan", "payments_by_status",
+        "payments_by_method", "payment_by_id",
+    ]  # fmt: skip
+    assert PATTERNS["payments_by_status"].regroup and PATTERNS["payments_by_method"].regroup
+    assert not PATTERNS["logs_by_application"].regroup  # GSI1SK has the sort key's template
+    assert PATTERNS["logs_by_service"].partition("Svc", "2024-01-15") == {"S": "Svc-2024-01-15"}
+    assert PATTERNS["payments_by_loan"].partition(3) == {"N": "3"}
+    with pytest.raises(QueryError, match="at most 366"):
+        PATTERNS["logs_by_service"].query(SETTINGS, "Svc", "2000-01-01", "2024-01-01")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"index": "NoSuchIndex"}, "no index 'NoSuchIndex'"),
+        ({"param": {"name": "x", "column": "nothing"}}, "unknown column 'nothing'"),
+        ({"path": "/logs/by-application"}, "path must hold"),
+        ({"partition": "APP#{other}"}, "partition names 'other'"),
+        ({"order": "GSI1PK"}, "must be made of fixed-width"),
+        ({"single": True}, "the key must be the parameter's column"),
+        ({"fan_out": "days"}, "fan_out days is on the table key"),
+    ],
+)
+def test_bad_pattern_declarations_are_refused_at_load(change: dict[str, Any], message: str) -> None:
+    data = LOGS.model_dump()
+    first = data["reads"]["patterns"][0]
+    data["reads"]["patterns"] = [{**first, **change}]
+    with pytest.raises(ValidationError, match=message):
+        type(LOGS).model_validate(data)
+
+
+def test_shutdown_lets_the_requests_in_flight_finish() -> None:
+    import threading
+    import time
+
+    slow = FakePath()
+    inner = slow.read
+
+    def read(*args: Any, **kwargs: Any) -> Served:
+        time.sleep(0.5)
+        return inner(*args, **kwargs)
+
+    slow.read = read  # type: ignore[method-assign]
+    api = ReadApi(slow, port=0).start()  # type: ignore[arg-type]
+    answers: list[int] = []
+    url = f"http://127.0.0.1:{api.port}/payments/by-loan/1"
+    request = threading.Thread(
+        target=lambda: answers.append(httpx.get(url, timeout=10).status_code)
+    )
+    request.start()
+    time.sleep(0.2)  # in flight
+    api.close()
+    request.join(10)
+    assert answers == [200]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
