@@ -15,8 +15,9 @@ import structlog
 
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-from replicator.observe.health import Health, Server
+from replicator.observe.health import Server
 from replicator.observe.metrics import Metrics, SourceMonitor
+from replicator.observe.probes import Health
 from replicator.observe.status_page import History
 from replicator.ops.backfill import Backfill, Job
 from replicator.ops.postgres import require_replica_identity

@@ -19,7 +19,7 @@ from replicator.errors import ReplicatorError
 
 
 def _parked(reason: str | None, refs: list[str] | None) -> list[Any]:
-    from replicator.stream.deadletter import read_parked
+    from replicator.ops.dlq import read_parked
 
     s = settings()
     records = read_parked(s.kafka.bootstrap_servers, s.kafka.dead_letter_topic, s.kafka.extra)
@@ -110,7 +110,7 @@ def dlq_replay(
     superseded are skipped by the position guard."""
     import time
 
-    from replicator.stream.deadletter import replay, split_by_horizon
+    from replicator.ops.dlq import replay, split_by_horizon
 
     if not refs and not reason and not all_records:
         raise ReplicatorError("name records (PARTITION:OFFSET), --reason R, or --all")

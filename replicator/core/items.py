@@ -20,10 +20,21 @@ DynamoDB refuses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # only for annotations: mapping imports this module for item_size
-    from replicator.core.mapping import AttributeValue, Item, TableMapping
+AttributeValue = dict[str, Any]  # one value in DynamoDB's wire format: {"S": ...}, {"N": ...}
+Item = dict[str, AttributeValue]
+
+
+class Expiring(Protocol):
+    """What a delete marker needs of a table's mapping (core.mapping.TableMapping)."""
+
+    @property
+    def tombstone_days(self) -> int: ...
+
+    @property
+    def ttl_attribute(self) -> str: ...
+
 
 POS = "_pos"  # encoded Position of the change the item reflects
 SOURCE_MS = "_src_ms"  # commit time in PostgreSQL, for end-to-end latency
@@ -38,7 +49,7 @@ _DAY_S = 86_400
 # --- delete markers -------------------------------------------------------------------------
 
 
-def delete_marker(mapping: TableMapping, key: Item, now_s: int) -> Item:
+def delete_marker(mapping: Expiring, key: Item, now_s: int) -> Item:
     """The marker that stands for a deleted row: the key (no GSI attributes, so it leaves every
     index), ``_deleted``, and a TTL ``tombstone_days`` from now."""
     expires = now_s + mapping.tombstone_days * _DAY_S

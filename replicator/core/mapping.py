@@ -18,11 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from replicator.core.items import item_size, size_bound
+from replicator.core.items import AttributeValue, Item, item_size, size_bound
 from replicator.errors import MappingError
 
-AttributeValue = dict[str, Any]
-Item = dict[str, AttributeValue]
 ColumnType = Literal["int", "bigint", "decimal", "text", "json", "bool", "timestamp", "date"]
 
 # Debezium's stand-in for an unchanged TOASTed value that it could not read.

@@ -25,8 +25,8 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from replicator.observe.health import Health
     from replicator.observe.metrics import Metrics
+    from replicator.observe.probes import Health
 
 log = structlog.get_logger("replicator.observe.status")
 

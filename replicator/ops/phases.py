@@ -15,6 +15,9 @@ Rules (see README, "Phases"):
   connector makes zero lag meaningless, so hybrid-read re-checks it).
 - ``force`` moves anyway; the failing conditions and the reason are recorded in the history.
 - Rollback to any earlier phase is always allowed, checks nothing and takes effect at once.
+
+Why one module of this size: the store, the history and the gates are one transaction (the
+gates' evidence is compared with the locked row inside it), so they stay together.
 """
 
 from __future__ import annotations

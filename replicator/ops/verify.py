@@ -16,6 +16,11 @@ Delete markers are not items: they never count as extra. Numbers compare as numb
 
 ``--repair`` rewrites what is still divergent, guarded so that a newer replicated change wins
 (see ``Verifier.repair``). Runs are stored in ``{schema}.verify_runs`` for the phase gates.
+
+Why one module of this size: the scan, the buckets, the judging and the repair share the
+bucket format and the digest of comparable attributes, and each step's guarantee (bounded
+memory, re-check before reporting, guarded repair) depends on the others'; split, they would
+pass those internals between modules. A split by step is on the list (scan, compare, repair).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ The DynamoDB endpoint is dynoxide (crates.io, MIT/Apache-2.0), built once by car
 ``stack.cache_dir`` and shared by every checkout of the machine.
 
 `down` stops exactly the processes recorded in run/ (pid plus start time), nothing else.
+
+Why one module of this size: each part (PostgreSQL, Kafka, Connect, the endpoint) is a few
+methods of one process manager that shares the pid records, ports and logs; a file per part
+would pass those around.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from replicator.errors import (
     SinkError,
     SystemicSinkError,
 )
-from replicator.observe.health import Health
 from replicator.observe.metrics import Metrics
+from replicator.observe.probes import Health
 from replicator.stream import checkpoint
 from replicator.stream.deadletter import DeadLetters
 from replicator.stream.horizon import cutoff_ms

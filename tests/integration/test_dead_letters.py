@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from replicator.cli import app
 from replicator.config import Settings
-from replicator.stream.deadletter import read_parked
+from replicator.ops.dlq import read_parked
 from tests.integration.helpers import get_item, visible, wait_for
 from tests.unit.factories import (
     create_record,

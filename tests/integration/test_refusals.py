@@ -19,7 +19,7 @@ from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent
 from replicator.core.mapping import TableMapping
 from replicator.errors import SystemicSinkError
-from replicator.observe.health import Health
+from replicator.observe.probes import Health
 from replicator.ops.tables import ensure_table
 from replicator.stream.dynamo import dynamodb_writer
 from replicator.stream.pipeline import Pipeline, to_change

@@ -9,7 +9,7 @@ from factories import create_record, log_row
 
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-from replicator.stream.deadletter import Parked, replay_targets, split_by_horizon
+from replicator.ops.dlq import Parked, replay_targets, split_by_horizon
 
 DAY = 86_400_000
 

@@ -17,8 +17,9 @@ from factories import Record, create_record, log_row, record, tombstone, update_
 from prometheus_client import Counter
 
 from replicator.config import Settings
-from replicator.observe.health import Health, Server
+from replicator.observe.health import Server
 from replicator.observe.metrics import CONNECT_STATES, Metrics
+from replicator.observe.probes import Health
 from replicator.stream.pipeline import Pipeline
 from replicator.stream.sink import DynamoSink
 

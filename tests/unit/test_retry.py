@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from replicator.config import DynamoSettings
-from replicator.observe.health import Health
+from replicator.observe.probes import Health
 from replicator.stream.retry import RetryPolicy
 
 

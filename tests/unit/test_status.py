@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from replicator.cli import app
 from replicator.errors import ConnectorError, LookupUnavailableError
-from replicator.observe.health import Health
 from replicator.observe.lag import SlotLag
 from replicator.observe.metrics import Metrics, SourceMonitor
+from replicator.observe.probes import Health
 from replicator.observe.status import (
     LAG_COLOUR,
     SPEED_COLOUR,
