@@ -25,7 +25,14 @@ from replicator.stream.dynamo import dynamodb_writer
 from replicator.stream.pipeline import Pipeline, to_change
 from replicator.stream.sink import DynamoSink, Write, plan
 from tests.integration.helpers import get_item
-from tests.unit.factories import Record, create_record, log_row, update_record
+from tests.unit.factories import (
+    FakeDeadLetters,
+    NoLookups,
+    Record,
+    create_record,
+    log_row,
+    update_record,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -165,22 +172,6 @@ class Source:
         self.joined = True
 
 
-class DeadLetters:
-    def __init__(self) -> None:
-        self.parked: list[tuple[Any, str, str]] = []
-
-    def park(self, message: Any, reason: str, detail: str) -> None:
-        self.parked.append((message, reason, detail))
-
-    def flush(self) -> None:
-        pass
-
-
-class NoLookups:
-    def fill(self, mapping: Any, rows: Any) -> None:
-        pass
-
-
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_a_batch_for_a_missing_table_commits_nothing_and_is_not_ready(
     settings: Settings, kind: str
@@ -189,7 +180,7 @@ def test_a_batch_for_a_missing_table_commits_nothing_and_is_not_ready(
     own = settings.model_copy(update={"tables": [missing]})
     health = Health()
     health.assignment(True, 1)
-    source, dead_letters = Source(), DeadLetters()
+    source, dead_letters = Source(), FakeDeadLetters()
     p = Pipeline(own, source, sink(own, kind), NoLookups(), dead_letters, health=health)  # type: ignore[arg-type]
     p.stopping.set()  # the wait before the next attempt returns at once: the batch gives up
     try:

@@ -228,3 +228,26 @@ def fixture_records() -> list[Record]:
             )
         )
     return records
+
+
+# --- doubles of our own contracts -----------------------------------------------------------
+
+
+class FakeDeadLetters:
+    """The dead-letter stage, keeping what was parked."""
+
+    def __init__(self) -> None:
+        self.parked: list[tuple[Any, str, str]] = []
+
+    def park(self, message: Any, reason: str, detail: str) -> None:
+        self.parked.append((message, reason, detail))
+
+    def flush(self) -> None:
+        pass
+
+
+class NoLookups:
+    """Enrichment lookups for mappings that have none."""
+
+    def fill(self, mapping: Any, rows: Any) -> None:
+        pass

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from confluent_kafka import TopicPartition
-from factories import Record, create_record, log_row, record, tombstone, update_record
+from factories import (
+    FakeDeadLetters,
+    NoLookups,
+    Record,
+    create_record,
+    log_row,
+    record,
+    tombstone,
+    update_record,
+)
 from prometheus_client import Counter
 
 from replicator.config import Settings
@@ -113,22 +122,6 @@ class FakeSource:
         self.consumer = FakeKafkaConsumer()
         self.assigned: set[tuple[str, int]] = set()
         self.joined = False
-
-
-class FakeDeadLetters:
-    def __init__(self) -> None:
-        self.parked: list[tuple[Any, str, str]] = []
-
-    def park(self, message: Any, reason: str, detail: str) -> None:
-        self.parked.append((message, reason, detail))
-
-    def flush(self) -> None:
-        pass
-
-
-class NoLookups:
-    def fill(self, mapping: Any, rows: Any) -> None:
-        pass
 
 
 def pipeline(client: FakeDynamo) -> Pipeline:
