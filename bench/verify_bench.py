@@ -1,11 +1,11 @@
 """verify's throughput and peak memory on a large table (outside CI).
 
 Uses its own PostgreSQL database on the stack's server (not captured by the connector: the
-slot is per database) and a DynamoDB endpoint you start for it, so the shared tables and the
-shared endpoint see nothing:
+slot is per database) and a DynamoDB endpoint of its own (a dynoxide it starts on
+--endpoint-port, or the one --endpoint names), so the shared tables and the shared endpoint see
+nothing:
 
-    .venv/bin/moto_server -p 58471 &
-    .venv/bin/python bench/verify_bench.py --rows 100000 --endpoint http://127.0.0.1:58471
+    .venv/bin/python bench/verify_bench.py --rows 100000
 
 It fills ``verifybench.dbo.integrationlogs`` (about 1.2 KB per item) and ``dbo.payments``
 (with the customer lookup), fills DynamoDB by ``verify --repair`` of the empty tables, then
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ import psycopg
 import yaml
 
 from replicator.config import Settings, load_settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from own_endpoint import own_endpoint
 
 DATABASE = "verifybench"
 
@@ -141,7 +145,8 @@ def run_child(config_path: Path, table: str, repair: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--endpoint", default="http://127.0.0.1:58471")
+    parser.add_argument("--endpoint", help="an endpoint to use instead of starting one")
+    parser.add_argument("--endpoint-port", type=int, default=28471)
     parser.add_argument("--child")
     parser.add_argument("--table")
     parser.add_argument("--repair", action="store_true")
@@ -149,22 +154,24 @@ def main() -> None:
     if args.child:
         child(Path(args.child), args.table, args.repair)
         return
-    base = load_settings(None)
-    folder = Path(tempfile.mkdtemp(prefix="verify-bench-"))
-    started = time.monotonic()
-    prepare(base, args.rows)
-    print(f"PostgreSQL ready ({args.rows} rows per table) in {time.monotonic() - started:.0f}s")
-    path = config(base, args.endpoint, folder)
-    settings = load_settings(path)
-    from replicator.ops.tables import ensure_table
-    from replicator.stream.dynamo import dynamodb_client
+    own = own_endpoint(args.endpoint_port) if args.endpoint is None else nullcontext(args.endpoint)
+    with own as endpoint:
+        base = load_settings(None)
+        folder = Path(tempfile.mkdtemp(prefix="verify-bench-"))
+        started = time.monotonic()
+        prepare(base, args.rows)
+        print(f"PostgreSQL ready ({args.rows} rows per table) in {time.monotonic() - started:.0f}s")
+        path = config(base, endpoint, folder)
+        settings = load_settings(path)
+        from replicator.ops.tables import ensure_table
+        from replicator.stream.dynamo import dynamodb_client
 
-    client = dynamodb_client(settings.dynamodb)
-    for mapping in settings.tables:
-        ensure_table(client, mapping)
-    for mapping in settings.tables:
-        run_child(path, mapping.name, repair=True)  # fills the empty replica
-        run_child(path, mapping.name, repair=False)  # the replica is full: time a clean run
+        client = dynamodb_client(settings.dynamodb)
+        for mapping in settings.tables:
+            ensure_table(client, mapping)
+        for mapping in settings.tables:
+            run_child(path, mapping.name, repair=True)  # fills the empty replica
+            run_child(path, mapping.name, repair=False)  # the replica is full: time a clean run
 
 
 if __name__ == "__main__":
