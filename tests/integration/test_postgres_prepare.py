@@ -21,6 +21,7 @@ from replicator.config import Settings
 from replicator.ops.postgres import prepare
 from replicator.stack.local import PG_BIN, LocalStack
 from tests.integration.conftest import ROOT
+from tests.integration.helpers import cli
 
 pytestmark = pytest.mark.stack
 
@@ -150,13 +151,7 @@ def test_run_refuses_a_table_whose_replica_identity_hides_key_moves(
     }
     config = tmp_path / "replicator.yaml"
     config.write_text(f"postgres:\n  database: {scratch.postgres.database}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "--config", str(config), "run"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    done = cli(config, "run", timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert "refusing to run" in output

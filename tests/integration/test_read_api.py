@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from typing import Any
@@ -24,6 +23,7 @@ from replicator.ops.phases import PhaseStore
 from replicator.reads.api import ReadApi, routes, to_json
 from replicator.reads.postgres import PostgresReads
 from replicator.reads.router import ReadPath
+from tests.integration import helpers
 from tests.integration.reads_data import (  # noqa: F401 (reads_world is a fixture)
     ReadsWorld,
     reads_world,
@@ -305,12 +305,7 @@ def test_cli_read_prints_rows_and_refuses_bad_input(reads_world: ReadsWorld) -> 
     config = str(w.consumer.config)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "replicator.cli", "--config", config, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return helpers.cli(config, *args, timeout=60)
 
     done = cli(
         "read", "payments-by-loan", str(w.loans[w.customers[1]][0]), "--json", "--limit", "4"
