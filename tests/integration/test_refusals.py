@@ -27,6 +27,7 @@ from replicator.stream.sink import DynamoSink, Write, plan
 from tests.integration.helpers import get_item
 from tests.unit.factories import (
     FakeDeadLetters,
+    FakeMessage,
     NoLookups,
     Record,
     create_record,
@@ -137,26 +138,6 @@ def test_a_write_to_a_missing_table_stops_the_batch(settings: Settings, kind: st
 # --- the whole pipeline, Kafka faked ------------------------------------------------------------
 
 
-class Message:
-    def __init__(self, rec: Record) -> None:
-        self.rec = rec
-
-    def topic(self) -> str:
-        return self.rec.topic
-
-    def partition(self) -> int:
-        return self.rec.partition
-
-    def offset(self) -> int:
-        return self.rec.offset
-
-    def key(self) -> bytes | None:
-        return self.rec.key
-
-    def value(self) -> bytes | None:
-        return self.rec.value
-
-
 class Commits:
     def __init__(self) -> None:
         self.commits: list[Any] = []
@@ -185,7 +166,7 @@ def test_a_batch_for_a_missing_table_commits_nothing_and_is_not_ready(
     p.stopping.set()  # the wait before the next attempt returns at once: the batch gives up
     try:
         with pytest.raises(SystemicSinkError):
-            p.process([Message(create_record(LOGS, log_row(logid=6000)))])  # type: ignore[list-item]
+            p.process([FakeMessage(create_record(LOGS, log_row(logid=6000)))])  # type: ignore[list-item]
     finally:
         p.sink.close()
     assert source.consumer.commits == []

@@ -233,6 +233,31 @@ def fixture_records() -> list[Record]:
 # --- doubles of our own contracts -----------------------------------------------------------
 
 
+class FakeMessage:
+    """A Kafka message (confluent_kafka.Message's read side) carrying a Record."""
+
+    def __init__(self, rec: Record) -> None:
+        self.rec = rec
+
+    def topic(self) -> str:
+        return self.rec.topic
+
+    def partition(self) -> int:
+        return self.rec.partition
+
+    def offset(self) -> int:
+        return self.rec.offset
+
+    def key(self) -> bytes | None:
+        return self.rec.key
+
+    def value(self) -> bytes | None:
+        return self.rec.value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return []
+
+
 class FakeDeadLetters:
     """The dead-letter stage, keeping what was parked."""
 

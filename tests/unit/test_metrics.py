@@ -15,8 +15,8 @@ from botocore.exceptions import ClientError
 from confluent_kafka import TopicPartition
 from factories import (
     FakeDeadLetters,
+    FakeMessage,
     NoLookups,
-    Record,
     create_record,
     log_row,
     record,
@@ -36,35 +36,6 @@ LOGS = "dbo.integrationlogs"
 TABLE = "IntegrationLogs"
 # le: a histogram's bucket; state: the connector's and its tasks' (a fixed set of values)
 ALLOWED_LABELS = {"table", "topic", "partition", "le", "state"}
-
-
-class FakeMessage:
-    def __init__(self, rec: Record) -> None:
-        self.rec = rec
-
-    def topic(self) -> str:
-        return self.rec.topic
-
-    def partition(self) -> int:
-        return self.rec.partition
-
-    def offset(self) -> int:
-        return self.rec.offset
-
-    def key(self) -> bytes | None:
-        return self.rec.key
-
-    def value(self) -> bytes | None:
-        return self.rec.value
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return []
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def error(self) -> None:
-        return None
 
 
 class FakeDynamo:
