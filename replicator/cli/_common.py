@@ -13,6 +13,8 @@ from rich.console import Console
 
 from replicator.config import Settings, load_settings
 from replicator.errors import ReplicatorError
+from replicator.ops.connector import payload
+from replicator.stack import LocalStack
 
 app = typer.Typer(
     help="PostgreSQL -> Debezium -> Kafka -> DynamoDB replicator.",
@@ -89,7 +91,5 @@ def say(text: str) -> None:
 def connector_payload(s: Settings) -> dict[str, str]:
     """The connector's REST payload, with the local stack's secrets file when the settings name
     no password reference."""
-    from replicator.ops.connector import payload
-    from replicator.stack import LocalStack
 
     return payload(s, LocalStack(s).secrets_file())

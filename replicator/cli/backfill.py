@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Any
 
 import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
+from replicator import app as composition
 from replicator.cli._common import (
     app,
     err,
@@ -15,6 +24,9 @@ from replicator.cli._common import (
     settings,
 )
 from replicator.errors import ReplicatorError
+from replicator.observe.log import configure
+from replicator.ops.backfill import parse_time, plan_jobs
+from replicator.ops.snapshot import request_snapshot
 
 
 @app.command("snapshot")
@@ -32,7 +44,6 @@ def snapshot(
     """Ask the running connector for an incremental snapshot of a table (Debezium's signal
     table): its rows are re-read in chunks and re-flow through the live consumer while
     streaming continues."""
-    from replicator.ops.snapshot import request_snapshot
 
     s = settings()
     mapping = s.mapping_named(table)
@@ -82,19 +93,6 @@ def backfill(
     """Replay tables' compacted topics into DynamoDB through the consumer's pipeline, with a
     consumer group of their own: progress shown, resumable after a kill, stops at the ends
     seen at start (or --follow). Several tables run in parallel."""
-    import signal
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from replicator.app import backfill
-    from replicator.observe.log import configure
-    from replicator.ops.backfill import parse_time, plan_jobs
 
     if from_beginning and from_time is not None:
         raise ReplicatorError("--from-beginning and --from-time exclude each other")
@@ -103,7 +101,7 @@ def backfill(
     configure("WARNING" if err.is_terminal and s.log_level.upper() != "DEBUG" else s.log_level)
     jobs = plan_jobs(s, table, into)
     from_ms = parse_time(from_time) if from_time is not None else None
-    runner = backfill(
+    runner = composition.backfill(
         s, jobs, from_ms=from_ms, restart=restart, follow=follow, rate_limit=rate_limit
     )
     for r in runner.running:

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+import yaml
 from rich.table import Table
 
 from replicator.cli._common import (
@@ -18,6 +19,7 @@ from replicator.cli._common import (
     settings,
 )
 from replicator.errors import ReplicatorError
+from replicator.ops.connector import ConnectClient, kafka_connector_resource
 
 
 @connector_app.command("show")
@@ -38,9 +40,6 @@ def connector_show(
     if kafka_connector is None:
         out.print_json(json.dumps(connector_payload(s)))
         return
-    import yaml
-
-    from replicator.ops.connector import kafka_connector_resource
 
     if s.connector.password_ref is None:
         raise ReplicatorError(
@@ -55,7 +54,6 @@ def connector_show(
 @friendly
 def connector_apply(wait: Annotated[bool, typer.Option(help="Wait until it runs.")] = True) -> None:
     """Create or update the Debezium connector from connectors/ and the settings."""
-    from replicator.ops.connector import ConnectClient
 
     s = settings()
     client = ConnectClient(s)
@@ -69,7 +67,6 @@ def connector_apply(wait: Annotated[bool, typer.Option(help="Wait until it runs.
 @friendly
 def connector_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Connector and task states (exit 1 unless everything is RUNNING)."""
-    from replicator.ops.connector import ConnectClient
 
     s = settings()
     status = ConnectClient(s).status()
@@ -95,7 +92,6 @@ def connector_status(as_json: Annotated[bool, typer.Option("--json")] = False) -
 @friendly
 def connector_restart() -> None:
     """Restart the connector and its tasks."""
-    from replicator.ops.connector import ConnectClient
 
     client = ConnectClient(settings())
     client.restart()

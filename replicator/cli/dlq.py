@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from typing import Annotated, Any
 
 import typer
@@ -16,11 +18,10 @@ from replicator.cli._common import (
     settings,
 )
 from replicator.errors import ReplicatorError
+from replicator.ops.dlq import read_parked, replay, split_by_horizon
 
 
 def _parked(reason: str | None, refs: list[str] | None) -> list[Any]:
-    from replicator.ops.dlq import read_parked
-
     s = settings()
     records = read_parked(s.kafka.bootstrap_servers, s.kafka.dead_letter_topic, s.kafka.extra)
     if reason:
@@ -44,7 +45,6 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Every parked record: where it came from, when, and why."""
-    import datetime as dt
 
     records = _parked(reason, None)
     if as_json:
@@ -108,9 +108,6 @@ def dlq_replay(
     """Send parked records back to their source topics, each to the partition it came from,
     once their cause is fixed. Records that fail again are parked again; changes already
     superseded are skipped by the position guard."""
-    import time
-
-    from replicator.ops.dlq import replay, split_by_horizon
 
     if not refs and not reason and not all_records:
         raise ReplicatorError("name records (PARTITION:OFFSET), --reason R, or --all")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
+from collections import deque
 from typing import Annotated, Any
 
 import typer
+from rich.live import Live
 
 from replicator.cli._common import (
     app,
@@ -14,6 +19,7 @@ from replicator.cli._common import (
     settings,
 )
 from replicator.errors import ReplicatorError
+from replicator.observe import cost, status
 
 _METRICS_URL = typer.Option(
     "--metrics-url",
@@ -37,7 +43,6 @@ def _lag_screen(
     table: str | None = None,
 ) -> bool:
     """The lag/status screen once, or live until Ctrl-C; returns whether all is healthy."""
-    from replicator.observe.status import gather, render
 
     if interval <= 0:
         raise ReplicatorError("--interval must be more than 0 seconds")
@@ -51,18 +56,12 @@ def _lag_screen(
     targets = urls or s.metrics.urls()
     ask = {"group_id": group, "with_probes": probes, "only": table}
     if not watch:
-        report, _ = gather(s, targets, window_s=window, **ask)
+        report, _ = status.gather(s, targets, window_s=window, **ask)
         if as_json:
             out.print_json(json.dumps(report.as_json()))
         else:
-            out.print(render(report))
+            out.print(status.render(report))
         return report.healthy()
-    import signal
-    import threading
-    import time
-    from collections import deque
-
-    from rich.live import Live
 
     # Ctrl-C sets a flag that the loop reads between refreshes: an exception raised at any
     # point (inside a Kafka call, or while rich's redraw thread holds its locks) could leave
@@ -77,17 +76,17 @@ def _lag_screen(
     try:
         # Counters move once per batch: rates over the last `window` seconds of scrapes, not
         # between two refreshes, or a slow batch reads as 0 events/s.
-        report, first = gather(s, targets, window_s=0, **ask)
+        report, first = status.gather(s, targets, window_s=0, **ask)
         scrapes = deque([first] if first else [])
-        with Live(render(report), console=out, refresh_per_second=4, screen=False) as live:
+        with Live(status.render(report), console=out, refresh_per_second=4, screen=False) as live:
             while not stop.wait(interval):
                 while len(scrapes) > 1 and scrapes[1].at <= time.time() - window:
                     scrapes.popleft()
                 previous = scrapes[0] if scrapes else None
-                report, scrape = gather(s, targets, previous=previous, window_s=0, **ask)
+                report, scrape = status.gather(s, targets, previous=previous, window_s=0, **ask)
                 if scrape is not None:
                     scrapes.append(scrape)
-                live.update(render(report))
+                live.update(status.render(report))
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     raise KeyboardInterrupt  # stopped by Ctrl-C: `friendly` says so and exits 130
@@ -153,11 +152,10 @@ def cost_command(
 ) -> None:
     """Monthly DynamoDB on-demand estimate per table from the consumed capacity the running
     processes report (prices: settings cost.*), plus storage from DescribeTable."""
-    from replicator.observe.cost import measure, render
 
     s = settings()
-    report = measure(s, metrics_url or s.metrics.urls(), window)
+    report = cost.measure(s, metrics_url or s.metrics.urls(), window)
     if as_json:
         out.print_json(json.dumps(report.as_json()))
     else:
-        out.print(render(report))
+        out.print(cost.render(report))

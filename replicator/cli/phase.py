@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import getpass
 import json
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
@@ -16,11 +19,10 @@ from replicator.cli._common import (
     settings,
 )
 from replicator.errors import ReplicatorError
+from replicator.ops.phases import Phase, PhaseError, PhaseRefused, PhaseStore, evaluate, parse_phase
 
 
 def _os_user() -> str:
-    import getpass
-
     try:
         return getpass.getuser()
     except Exception:  # no login name in a bare container: the caller must say --who
@@ -40,8 +42,6 @@ def _checks_table(checks: list[Any]) -> Table:
 
 
 def _change_phase(table: str, to: str, why: str, who: str | None, force: bool) -> None:
-    from replicator.ops.phases import PhaseRefused, PhaseStore, parse_phase
-
     store = PhaseStore(settings())
     try:
         done = store.set(table, parse_phase(to), who=who or _os_user(), why=why, force=force)
@@ -69,7 +69,6 @@ def _change_phase(table: str, to: str, why: str, who: str | None, force: bool) -
 @friendly
 def phase_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every mapped table's phase, where its reads go, and its last change."""
-    from replicator.ops.phases import PhaseStore
 
     store = PhaseStore(settings())
     try:
@@ -113,8 +112,6 @@ def phase_set(
     """Move a table to a phase. Forward: one step at a time, every gate up to it checked live;
     a refusal lists each failed condition with its value. Backward (rollback): always, at once."""
     if dry_run:
-        from replicator.ops.phases import PhaseStore, evaluate, parse_phase
-
         s = settings()
         store = PhaseStore(s)
         try:
@@ -151,7 +148,6 @@ def phase_rollback(
     who: Annotated[str | None, _WHO] = None,
 ) -> None:
     """Move a table back (to the previous phase, or --to an earlier one): no gates, immediate."""
-    from replicator.ops.phases import Phase, PhaseError, PhaseStore, parse_phase
 
     s = settings()
     store = PhaseStore(s)
@@ -181,10 +177,6 @@ def phase_history(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Every phase change, oldest first: from, to, who, when, why, forced, failed conditions."""
-    import datetime as dt
-    from dataclasses import asdict
-
-    from replicator.ops.phases import PhaseStore
 
     store = PhaseStore(settings())
     try:

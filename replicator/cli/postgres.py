@@ -10,6 +10,7 @@ from replicator.cli._common import (
     say,
     settings,
 )
+from replicator.ops.postgres import prepare, printable_script
 
 
 @postgres_app.command("sql")
@@ -17,7 +18,6 @@ from replicator.cli._common import (
 def postgres_sql() -> None:
     """Print the SQL that prepares PostgreSQL for CDC (REPLICA IDENTITY FULL, heartbeat and signal
     tables, replication role, publication), without the password, to review and run with psql."""
-    from replicator.ops.postgres import printable_script
 
     typer.echo(printable_script(settings()), nl=False)
 
@@ -26,7 +26,6 @@ def postgres_sql() -> None:
 @friendly
 def postgres_prepare() -> None:
     """Run that SQL as postgres.user (the tables' owner); idempotent."""
-    from replicator.ops.postgres import prepare
 
     s = settings()
     prepare(s)

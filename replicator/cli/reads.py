@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Annotated, Any
 
+import structlog
 import typer
 from rich.table import Table
 
@@ -16,6 +19,13 @@ from replicator.cli._common import (
     settings,
 )
 from replicator.errors import ReplicatorError
+from replicator.observe.log import configure
+from replicator.reads.api import ReadApi, to_json
+from replicator.reads.dynamo import DynamoReads
+from replicator.reads.patterns import catalog
+from replicator.reads.postgres import PostgresReads
+from replicator.reads.router import ReadPath
+from replicator.reads.rows import Page
 
 reads_app = typer.Typer(help="The read path: the HTTP read API.", no_args_is_help=True)
 app.add_typer(reads_app, name="reads")
@@ -28,14 +38,6 @@ def reads_serve(
     port: Annotated[int | None, typer.Option(help="Port (reads.port).")] = None,
 ) -> None:
     """Serve the read API (JSON, OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
-    import signal
-    import threading
-
-    import structlog
-
-    from replicator.observe.log import configure
-    from replicator.reads.api import ReadApi
-    from replicator.reads.router import ReadPath
 
     s = settings()
     configure(s.log_level)
@@ -81,12 +83,6 @@ def read_one(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (exact numbers).")] = False,
 ) -> None:
     """Run one access pattern of the read path and print the rows."""
-    from replicator.reads.api import to_json
-    from replicator.reads.dynamo import DynamoReads
-    from replicator.reads.patterns import catalog
-    from replicator.reads.postgres import PostgresReads
-    from replicator.reads.router import ReadPath
-    from replicator.reads.rows import Page
 
     s = settings()
     patterns = {p.decl.cli_name: p for p in catalog(s).values()}

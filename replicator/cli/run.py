@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 from typing import Annotated, Any
 
+import psycopg
 import typer
 from rich.table import Table
 
+from replicator.app import Consumer
 from replicator.cli._common import (
     app,
     connector_payload,
@@ -17,14 +21,19 @@ from replicator.cli._common import (
     settings,
     tables_app,
 )
+from replicator.core.items import is_marker
+from replicator.observe.log import configure
+from replicator.ops.connector import ConnectClient
+from replicator.ops.tables import ensure_table
+from replicator.ops.workload import Workload
+from replicator.stack import LocalStack
+from replicator.stream.dynamo import dynamodb_client
 
 
 @tables_app.command("create")
 @friendly
 def tables_create() -> None:
     """Create every mapped DynamoDB table (keys, GSIs, TTL) that does not exist yet."""
-    from replicator.ops.tables import ensure_table
-    from replicator.stream.dynamo import dynamodb_client
 
     s = settings()
     client = dynamodb_client(s.dynamodb)
@@ -41,10 +50,6 @@ def run_consumer(
     ] = None,
 ) -> None:
     """The long-lived consumer: apply change events to DynamoDB until SIGTERM/SIGINT."""
-    import signal
-
-    from replicator.app import Consumer
-    from replicator.observe.log import configure
 
     s = settings()
     configure(s.log_level)
@@ -57,7 +62,6 @@ def run_consumer(
     signal.signal(signal.SIGINT, stop)
     until = None
     if until_idle is not None:
-        import time
 
         def until(stats: Any) -> bool:
             return time.monotonic() - stats.last_record_at > until_idle
@@ -79,18 +83,6 @@ def demo(
 ) -> None:
     """Bring up the local stack, write a sample workload to PostgreSQL, replicate it, and show
     what arrived in DynamoDB."""
-    import time
-
-    import psycopg
-
-    from replicator.app import Consumer
-    from replicator.core.items import is_marker
-    from replicator.observe.log import configure
-    from replicator.ops.connector import ConnectClient
-    from replicator.ops.tables import ensure_table
-    from replicator.ops.workload import Workload
-    from replicator.stack import LocalStack
-    from replicator.stream.dynamo import dynamodb_client
 
     s = settings()
     configure("WARNING")

@@ -14,13 +14,13 @@ from replicator.cli._common import (
     settings,
     stack_app,
 )
+from replicator.stack import LocalStack
 
 
 @stack_app.command("install")
 @friendly
 def stack_install() -> None:
     """Install PostgreSQL 15 (Debian) and resolve the Kafka/Connect/Debezium jars (Maven)."""
-    from replicator.stack import LocalStack
 
     LocalStack(settings(), say).install()
 
@@ -29,7 +29,6 @@ def stack_install() -> None:
 @friendly
 def stack_up() -> None:
     """Start PostgreSQL, Kafka (KRaft), Kafka Connect + Debezium and the DynamoDB endpoint."""
-    from replicator.stack import LocalStack
 
     LocalStack(settings(), say).up()
 
@@ -40,7 +39,6 @@ def stack_down(
     purge: Annotated[bool, typer.Option(help="Also delete all stack data.")] = False,
 ) -> None:
     """Stop exactly the processes `stack up` started."""
-    from replicator.stack import LocalStack
 
     LocalStack(settings(), say).down(purge=purge)
 
@@ -49,7 +47,6 @@ def stack_down(
 @friendly
 def stack_status() -> None:
     """Show which parts of the local stack answer."""
-    from replicator.stack import LocalStack
 
     table = Table("part", "state", "where")
     parts = LocalStack(settings()).status()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from replicator.cli._common import (
@@ -18,6 +21,8 @@ from replicator.cli._common import (
     settings,
 )
 from replicator.errors import ReplicatorError
+from replicator.ops.validate import validate
+from replicator.ops.verify import VerifyOptions, Window, default_time_column, verify
 
 DIVERGENT_EXIT = 3  # verify found divergence (1 is an error)
 
@@ -26,8 +31,6 @@ class _Bars:
     """verify's progress on stderr (rich bars, only on a terminal)."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
         self.progress = Progress(
             "{task.description}",
             BarColumn(),
@@ -54,7 +57,6 @@ _TIME_COLUMN = typer.Option(help="Column of the window; default the first timest
 def _windows(since: str | None, until: str | None, time_column: str | None) -> Any:
     """The --since/--until/--time-column options as a function of the mapping (a window per
     table, on its own first timestamp column unless --time-column names one)."""
-    from replicator.ops.verify import Window, default_time_column
 
     if time_column and not (since or until):
         raise ReplicatorError("--time-column needs --since and/or --until")
@@ -69,8 +71,6 @@ def _windows(since: str | None, until: str | None, time_column: str | None) -> A
 
 
 def _moment(option: str, text: str | None) -> Any:
-    import datetime as dt
-
     if text is None:
         return None
     try:
@@ -159,7 +159,6 @@ def verify_command(
 ) -> None:
     """Compare PostgreSQL and DynamoDB row by row through the sink's mapping: counts, missing,
     extra and differing items. Exit 0 when clean, 3 on divergence, 1 on error."""
-    from replicator.ops.verify import VerifyOptions, verify
 
     s = settings()
     mappings = [s.mapping_named(t) for t in table] if table else list(s.tables)
@@ -215,7 +214,6 @@ def validate_command(
 ) -> None:
     """The seed's validation set: count match, sample success rate, read latency p50/p95 on both
     stores, and a coordinated test row. Exit 0 when every check passes, 3 otherwise."""
-    from replicator.ops.validate import validate
 
     s = settings()
     window = _windows(since, until, time_column)
@@ -227,8 +225,6 @@ def validate_command(
     if reads is not None:
         changes["latency_reads"] = reads
     if changes:
-        from pydantic import ValidationError
-
         try:
             verify_settings = type(s.verify).model_validate(s.verify.model_dump() | changes)
         except ValidationError as exc:

@@ -12,8 +12,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
 from replicator.errors import ReplicatorError
-from replicator.observe.status_page import READ_UNITS, WRITE_UNITS, Scrape, fetch
+from replicator.observe.status_page import READ_UNITS, WRITE_UNITS, Scrape, fetch, human_bytes
+from replicator.stream.dynamo import dynamodb_client
 
 if TYPE_CHECKING:
     from replicator.config import CostSettings, Settings
@@ -111,9 +117,6 @@ def window_rates(before: Scrape, after: Scrape, name: str) -> dict[str, float]:
 
 def table_sizes(settings: Settings, errors: list[str]) -> dict[str, int | None]:
     """TableSizeBytes from DescribeTable (DynamoDB refreshes it about every six hours)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from replicator.stream.dynamo import dynamodb_client
 
     client = dynamodb_client(settings.dynamodb)
     sizes: dict[str, int | None] = {}
@@ -177,14 +180,8 @@ def measure(settings: Settings, urls: list[str], window_s: float) -> CostReport:
 
 
 def render(report: CostReport) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
     def usd(v: float | None) -> str:
         return "-" if v is None else f"${v:,.2f}"
-
-    from replicator.observe.status_page import human_bytes
 
     grid = Table(
         "table",

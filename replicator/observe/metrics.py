@@ -18,6 +18,9 @@ import structlog
 from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from replicator.errors import ReplicatorError
+from replicator.observe.lag import slot_lag
+from replicator.ops.connector import ConnectClient
 from replicator.stream.sink import SinkResult
 
 if TYPE_CHECKING:
@@ -310,14 +313,11 @@ class SourceMonitor:
         self.every_s = settings.metrics.source_interval_s
         self.metrics = metrics
         if read_slot is None:
-            from replicator.observe.lag import slot_lag
 
             def read_slot() -> SlotLag | None:
                 return slot_lag(settings)
 
         if read_connector is None and settings.metrics.connector_state:
-            from replicator.ops.connector import ConnectClient
-
             client = ConnectClient(settings)
             read_connector = client.status
         self.read_slot = read_slot
@@ -334,8 +334,6 @@ class SourceMonitor:
         self.stopping.set()
 
     def once(self) -> None:
-        from replicator.errors import ReplicatorError
-
         try:
             self.metrics.slot(self.read_slot())
         except ReplicatorError as exc:

@@ -7,6 +7,7 @@ consumer's status page live in replicator.observe.status_page.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from replicator.errors import ReplicatorError
+from replicator.observe.lag import consumer_lag, slot_lag
 from replicator.observe.status_page import (
     APPLIED,
     CONSUMED,
@@ -41,6 +49,9 @@ from replicator.observe.status_page import (
     parse_exposition,
     rates,
 )
+from replicator.ops.connector import ConnectClient
+from replicator.ops.phases import PhaseStore
+from replicator.ops.postgres import replica_identities
 
 if TYPE_CHECKING:
     from replicator.config import Settings
@@ -128,10 +139,6 @@ class Report:
 
 def _phases(settings: Settings, errors: list[str]) -> dict[str, str]:
     try:
-        from replicator.ops.phases import PhaseStore
-    except ImportError:  # the phases module is not part of this build
-        return {}
-    try:
         store = PhaseStore(settings)
         try:
             return {name: str(phase) for name, phase in store.current().items()}
@@ -145,9 +152,6 @@ def _phases(settings: Settings, errors: list[str]) -> dict[str, str]:
 
 
 def _connector(settings: Settings, errors: list[str]) -> dict[str, Any]:
-    from replicator.errors import ReplicatorError
-    from replicator.ops.connector import ConnectClient
-
     name = settings.connector.name
     try:
         status = ConnectClient(settings).status()
@@ -164,9 +168,6 @@ def _connector(settings: Settings, errors: list[str]) -> dict[str, Any]:
 
 
 def _slot(settings: Settings, errors: list[str]) -> dict[str, Any] | None:
-    from replicator.errors import ReplicatorError
-    from replicator.observe.lag import slot_lag
-
     try:
         slot = slot_lag(settings)
     except ReplicatorError as exc:
@@ -184,9 +185,6 @@ def _slot(settings: Settings, errors: list[str]) -> dict[str, Any] | None:
 
 
 def _identities(settings: Settings, errors: list[str]) -> dict[str, Any]:
-    from replicator.errors import ReplicatorError
-    from replicator.ops.postgres import replica_identities
-
     try:
         checks = {check.table: check for check in replica_identities(settings)}
     except ReplicatorError as exc:
@@ -197,9 +195,6 @@ def _identities(settings: Settings, errors: list[str]) -> dict[str, Any]:
 
 
 def _lags(settings: Settings, group_id: str | None, errors: list[str]) -> dict[str, Any]:
-    from replicator.errors import ReplicatorError
-    from replicator.observe.lag import consumer_lag
-
     try:
         return dict(consumer_lag(settings, group_id, timeout_s=5.0))
     except ReplicatorError as exc:
@@ -209,7 +204,6 @@ def _lags(settings: Settings, group_id: str | None, errors: list[str]) -> dict[s
 
 def probe_consumers(urls: Iterable[str], timeout_s: float = 3.0) -> dict[str, Any]:
     """/healthz and /readyz beside each /metrics URL."""
-    import json
 
     out: dict[str, Any] = {}
     for url in urls:
@@ -299,10 +293,6 @@ def gather(
 
 def render(report: Report) -> Any:
     """The screen: one panel per table, then the consumers' probes and any errors."""
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
 
     def state(value: str) -> str:
         colour = "green" if value == "RUNNING" else "red"

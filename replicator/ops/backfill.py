@@ -21,13 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from confluent_kafka.admin import AdminClient
 
 from replicator.config import Settings
 from replicator.core.items import POS, SOURCE_MS, delete_marker, item_size
 from replicator.core.mapping import TableMapping
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.observe.lag import consumer_lag
+from replicator.ops.tables import ensure_table
+from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.pipeline import Pipeline
 from replicator.stream.sink import Write
+from replicator.stream.source import BoundedSource
 
 log = structlog.get_logger("replicator.ops.backfill")
 
@@ -249,7 +254,6 @@ class LiveYield:
     def _live_lag(self) -> tuple[int, float] | None:
         """The live group's lag on the table, or None when no live consumer runs (then there
         is nothing to yield to, and a group that once ran would only look ever further behind)."""
-        from replicator.observe.lag import consumer_lag
 
         if not _group_has_members(self.settings, self.settings.kafka.group_id):
             return None
@@ -258,8 +262,6 @@ class LiveYield:
 
 
 def _group_has_members(settings: Settings, group: str) -> bool:
-    from confluent_kafka.admin import AdminClient
-
     admin = AdminClient(
         {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
     )
@@ -324,10 +326,6 @@ class Backfill:
         rate_limit: float | None = None,
         build: Callable[..., Pipeline],
     ) -> None:
-        from replicator.ops.tables import ensure_table
-        from replicator.stream.dynamo import dynamodb_client
-        from replicator.stream.source import BoundedSource
-
         self.settings = settings
         self.stopping = threading.Event()
         self.bucket = TokenBucket(rate_limit) if rate_limit is not None else None

@@ -37,6 +37,9 @@ from psycopg.rows import dict_row
 
 from replicator.config import Settings
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.observe.lag import consumer_lag
+from replicator.ops.connector import ConnectClient
+from replicator.ops.verify import last_full_verify
 
 
 class Phase(StrEnum):
@@ -522,7 +525,6 @@ def evaluate(
 def connector_checks(settings: Settings, source: str) -> list[Check]:
     """dual-write: the connector and all its tasks RUNNING, the table captured, and its snapshot
     complete according to the connector's committed source offsets (Connect REST, Kafka 3.6+)."""
-    from replicator.ops.connector import ConnectClient
 
     gate = Phase.DUAL_WRITE
     name = settings.connector.name
@@ -610,8 +612,6 @@ def lag_check(settings: Settings, table: str) -> Check:
     gate, limit = Phase.HYBRID_READ, settings.phases.max_lag_s
     need = f"<= {limit:g} s"
     try:
-        from replicator.observe.lag import consumer_lag
-
         lag = consumer_lag(settings, timeout_s=settings.phases.lag_timeout_s).get(table)
     except Exception as exc:  # cannot measure: the condition fails, the move is refused
         return Check(gate, "consumer lag", False, f"unknown: {exc}", need)
@@ -632,8 +632,6 @@ def verify_check(settings: Settings, table: str) -> Check:
     gate, window = Phase.HYBRID_READ, settings.phases.verify_within_h
     need = f"latest full verify clean, within {window:g} h"
     try:
-        from replicator.ops.verify import last_full_verify
-
         last = last_full_verify(settings, table)
     except Exception as exc:  # cannot measure: the condition fails, the move is refused
         return Check(gate, "clean verify", False, f"unknown: {exc}", need)

@@ -16,6 +16,7 @@ from psycopg import sql
 from replicator.config import Settings
 from replicator.core.mapping import TableMapping
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.ops.connector import ConnectClient
 
 # The condition goes verbatim into the connector's chunk queries (as the replication role, which
 # may only SELECT the published tables). One expression, nothing that ends or comments out the
@@ -109,7 +110,6 @@ def request_snapshot(
 ) -> tuple[str, int | None]:
     """Check the connector runs and the condition holds, then signal. Returns the signal id and
     the number of rows the condition matches (None without one)."""
-    from replicator.ops.connector import ConnectClient
 
     status = ConnectClient(settings).status()
     if status is None:

@@ -43,10 +43,13 @@ from replicator.ops.verify import (
     _connect,
     _window_bounds,
     differences,
+    ensure_store,
     expect,
     key_of,
     row_pk,
 )
+from replicator.reads.dynamo import DynamoReads
+from replicator.reads.postgres import PostgresReads
 from replicator.stream.dynamo import dynamodb_client
 
 LOGS_SOURCE, PAYMENTS_SOURCE = "dbo.integrationlogs", "dbo.payments"
@@ -183,9 +186,6 @@ def row_texts(mapping: TableMapping, row: dict[str, Any]) -> dict[str, Any]:
 def latency_check(
     verifier: Verifier, reads_per_pattern: int, progress: Progress, window: Window | None
 ) -> tuple[Check, list[Latency]]:
-    from replicator.reads.dynamo import DynamoReads
-    from replicator.reads.postgres import PostgresReads
-
     mapping = verifier.mapping
     where, params = verifier._where(_window_bounds(mapping, window) if window else None)
     query = sql.SQL("SELECT * FROM {} {} ORDER BY random() LIMIT %s").format(
@@ -370,8 +370,6 @@ CREATE INDEX IF NOT EXISTS validate_runs_by_table
 
 
 def record_validation(settings: Settings, result: TableValidation) -> None:
-    from replicator.ops.verify import ensure_store
-
     schema = sql.Identifier(settings.control.schema_name)
     with _connect(settings) as conn:
         try:

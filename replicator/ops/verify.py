@@ -59,6 +59,7 @@ from replicator.core.mapping import (
     to_item,
 )
 from replicator.errors import ConfigError, MappingError, ReplicatorError
+from replicator.observe.lag import consumer_lag
 from replicator.ops.rows import source_rows
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.lookup import Lookups
@@ -1037,7 +1038,6 @@ class Verifier:
         """Wait until the consumer group has applied every change of this table that was in
         Kafka now (after a margin for Debezium to ship recent commits), at most
         ``verify.max_recheck_wait_s``. Returns a note when it could not."""
-        from replicator.observe.lag import consumer_lag
 
         group = group_id or self.settings.kafka.group_id
         time.sleep(self.options.debezium_margin_s)

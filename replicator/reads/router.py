@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
 from replicator.observe.metrics import start_time_gauge
+from replicator.ops.phases import PhaseStore
 from replicator.reads.dynamo import DynamoReads
 from replicator.reads.patterns import (
     DYNAMODB,
@@ -134,8 +135,6 @@ class ReadPath:
     ) -> None:
         self._own_phases = phases is None
         if phases is None:
-            from replicator.ops.phases import PhaseStore
-
             phases = PhaseStore(settings)
         self.settings = settings
         self.config = settings.reads

@@ -33,11 +33,15 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from replicator.config import Settings
 from replicator.errors import StackError
 from replicator.ops.postgres import prepare
+from replicator.ops.tables import ensure_table
+from replicator.stream.dynamo import dynamodb_client
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
@@ -468,8 +472,6 @@ class LocalStack:
         return self.home / "connect" / "secrets.properties"
 
     def _kafka_ready(self) -> bool:
-        from confluent_kafka.admin import AdminClient
-
         admin = AdminClient(
             {
                 "bootstrap.servers": self.s.kafka.bootstrap_servers,
@@ -513,11 +515,6 @@ class LocalStack:
         """The endpoint starts empty over a Kafka that kept its data (its state file was
         deleted, say): create the mapped tables and forget the live group's committed offsets,
         so that `run` replays the compacted topics and rebuilds the replica from them."""
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
-
-        from replicator.ops.tables import ensure_table
-        from replicator.stream.dynamo import dynamodb_client
 
         client = dynamodb_client(self.s.dynamodb)
         for mapping in self.s.tables:

@@ -14,9 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource
+
 from replicator.config import Settings
 from replicator.core.mapping import TableMapping
 from replicator.errors import ConfigError
+from replicator.stream.deadletter import connection_settings
 
 DAY_MS = 86_400_000
 # Kafka's "no bound" for max.compaction.lag.ms (Long.MAX_VALUE).
@@ -128,10 +132,6 @@ def expected_limits(settings: Settings) -> dict[str, TopicLimits]:
 def read_limits(settings: Settings) -> dict[str, TopicLimits]:
     """The limits of the topics that exist, from their configs in Kafka (DescribeConfigs);
     the settings' for those not created yet."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, ConfigResource
-
-    from replicator.stream.deadletter import connection_settings
 
     kafka = settings.kafka
     found = expected_limits(settings)
