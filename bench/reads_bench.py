@@ -29,11 +29,11 @@ from psycopg.rows import dict_row
 
 from replicator.config import Settings, load_settings
 from replicator.core.mapping import to_item
-from replicator.ops.rows import source_row
 from replicator.ops.tables import ensure_table
 from replicator.reads.dynamo import DynamoReads, reads_client
 from replicator.reads.postgres import PostgresReads
 from replicator.reads.rows import same
+from replicator.stream.rows import source_row
 
 SCHEMA = "readsbench"
 SERVICES = ["CreditCheckService", "PaymentGateway", "DocumentStore", "EmailService",

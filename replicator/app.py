@@ -18,9 +18,13 @@ from replicator.errors import ReplicatorError
 from replicator.observe.health import Server
 from replicator.observe.metrics import Metrics, SourceMonitor
 from replicator.observe.probes import Health
+from replicator.observe.status import Sources
 from replicator.observe.status_page import History
 from replicator.ops.backfill import Backfill, Job
-from replicator.ops.postgres import require_replica_identity
+from replicator.ops.connector import ConnectClient
+from replicator.ops.phases import PhaseStore
+from replicator.ops.postgres import replica_identities, require_replica_identity
+from replicator.reads.router import ReadPath
 from replicator.stream.deadletter import DeadLetters, connection_settings, ensure_topic
 from replicator.stream.dynamo import dynamodb_writer
 from replicator.stream.horizon import check_horizon, read_limits
@@ -103,7 +107,8 @@ class Consumer:
                 host=settings.metrics.host,
                 port=self.server.port,
             )
-            self.monitor = SourceMonitor(settings, self.metrics)  # slot and connector state
+            connector = ConnectClient(settings).status if settings.metrics.connector_state else None
+            self.monitor = SourceMonitor(settings, self.metrics, read_connector=connector)
             self.monitor.start()
         try:
             self.pipeline = pipeline(settings, metrics=self.metrics, health=self.health)
@@ -134,3 +139,25 @@ class Consumer:
 def backfill(settings: Settings, jobs: list[Job], **options: Any) -> Backfill:
     """A replay of the jobs' topics, each over a bounded source through ``pipeline``."""
     return Backfill(settings, jobs, build=pipeline, **options)
+
+
+def status_sources(settings: Settings) -> Sources:
+    """What `lag` and `status` ask beyond the consumers' metrics."""
+
+    def phases() -> dict[str, Any]:
+        store = PhaseStore(settings)
+        try:
+            return dict(store.current())
+        finally:
+            store.close()
+
+    return Sources(
+        phases=phases,
+        connector=ConnectClient(settings).status,
+        identities=lambda: replica_identities(settings),
+    )
+
+
+def read_path(settings: Settings) -> ReadPath:
+    """The read path of `read` and `reads serve`: both stores, routed by the phase store."""
+    return ReadPath(settings, PhaseStore(settings), own_phases=True)

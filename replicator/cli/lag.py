@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 
+from replicator.app import status_sources
 from replicator.cli._common import (
     app,
     friendly,
@@ -20,6 +21,7 @@ from replicator.cli._common import (
 )
 from replicator.errors import ReplicatorError
 from replicator.observe import cost, status
+from replicator.stream.dynamo import dynamodb_client
 
 _METRICS_URL = typer.Option(
     "--metrics-url",
@@ -54,9 +56,10 @@ def _lag_screen(
     if table is not None:
         s.mapping_named(table)  # an unknown name fails before anything is asked
     targets = urls or s.metrics.urls()
+    sources = status_sources(s)
     ask = {"group_id": group, "with_probes": probes, "only": table}
     if not watch:
-        report, _ = status.gather(s, targets, window_s=window, **ask)
+        report, _ = status.gather(s, targets, sources, window_s=window, **ask)
         if as_json:
             out.print_json(json.dumps(report.as_json()))
         else:
@@ -76,14 +79,16 @@ def _lag_screen(
     try:
         # Counters move once per batch: rates over the last `window` seconds of scrapes, not
         # between two refreshes, or a slow batch reads as 0 events/s.
-        report, first = status.gather(s, targets, window_s=0, **ask)
+        report, first = status.gather(s, targets, sources, window_s=0, **ask)
         scrapes = deque([first] if first else [])
         with Live(status.render(report), console=out, refresh_per_second=4, screen=False) as live:
             while not stop.wait(interval):
                 while len(scrapes) > 1 and scrapes[1].at <= time.time() - window:
                     scrapes.popleft()
                 previous = scrapes[0] if scrapes else None
-                report, scrape = status.gather(s, targets, previous=previous, window_s=0, **ask)
+                report, scrape = status.gather(
+                    s, targets, sources, previous=previous, window_s=0, **ask
+                )
                 if scrape is not None:
                     scrapes.append(scrape)
                 live.update(status.render(report))
@@ -154,7 +159,7 @@ def cost_command(
     processes report (prices: settings cost.*), plus storage from DescribeTable."""
 
     s = settings()
-    report = cost.measure(s, metrics_url or s.metrics.urls(), window)
+    report = cost.measure(s, metrics_url or s.metrics.urls(), window, dynamodb_client(s.dynamodb))
     if as_json:
         out.print_json(json.dumps(report.as_json()))
     else:

@@ -11,6 +11,7 @@ import structlog
 import typer
 from rich.table import Table
 
+from replicator.app import read_path
 from replicator.cli._common import (
     app,
     err,
@@ -24,7 +25,6 @@ from replicator.reads.api import ReadApi, to_json
 from replicator.reads.dynamo import DynamoReads
 from replicator.reads.patterns import catalog
 from replicator.reads.postgres import PostgresReads
-from replicator.reads.router import ReadPath
 from replicator.reads.rows import Page
 
 reads_app = typer.Typer(help="The read path: the HTTP read API.", no_args_is_help=True)
@@ -41,7 +41,7 @@ def reads_serve(
 
     s = settings()
     configure(s.log_level)
-    path = ReadPath(s)
+    path = read_path(s)
     try:
         api = ReadApi(path, host, port).start()
     except BaseException:
@@ -103,7 +103,7 @@ def read_one(
     if not single:
         kwargs = {"limit": s.reads.default_page_size if limit is None else limit, "after": cursor}
     if store == "auto":
-        path = ReadPath(s)
+        path = read_path(s)
         try:
             served = path.read(method, *args, **kwargs)
         finally:

@@ -19,7 +19,6 @@ from rich.text import Text
 
 from replicator.errors import ReplicatorError
 from replicator.observe.status_page import READ_UNITS, WRITE_UNITS, Scrape, fetch, human_bytes
-from replicator.stream.dynamo import dynamodb_client
 
 if TYPE_CHECKING:
     from replicator.config import CostSettings, Settings
@@ -115,10 +114,8 @@ def window_rates(before: Scrape, after: Scrape, name: str) -> dict[str, float]:
     }
 
 
-def table_sizes(settings: Settings, errors: list[str]) -> dict[str, int | None]:
+def table_sizes(settings: Settings, client: Any, errors: list[str]) -> dict[str, int | None]:
     """TableSizeBytes from DescribeTable (DynamoDB refreshes it about every six hours)."""
-
-    client = dynamodb_client(settings.dynamodb)
     sizes: dict[str, int | None] = {}
     for mapping in settings.tables:
         try:
@@ -130,8 +127,9 @@ def table_sizes(settings: Settings, errors: list[str]) -> dict[str, int | None]:
     return sizes
 
 
-def measure(settings: Settings, urls: list[str], window_s: float) -> CostReport:
-    """Rates from every URL (each process on its own: uptimes differ), summed per table."""
+def measure(settings: Settings, urls: list[str], window_s: float, dynamodb: Any) -> CostReport:
+    """Rates from every URL (each process on its own: uptimes differ), summed per table;
+    storage from ``dynamodb`` (a DynamoDB client)."""
     if window_s < 0:
         raise ReplicatorError("--window must be 0 (the processes' lifetime) or more seconds")
     errors: list[str] = []
@@ -171,7 +169,7 @@ def measure(settings: Settings, urls: list[str], window_s: float) -> CostReport:
         names,
         writes,
         reads,
-        table_sizes(settings, errors),
+        table_sizes(settings, dynamodb, errors),
         settings.cost,
         basis,
         urls,

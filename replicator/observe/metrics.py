@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from confluent_kafka import KafkaException, TopicPartition
@@ -20,12 +20,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from replicator.errors import ReplicatorError
 from replicator.observe.lag import slot_lag
-from replicator.ops.connector import ConnectClient
-from replicator.stream.sink import SinkResult
 
 if TYPE_CHECKING:
     from replicator.config import Settings
     from replicator.observe.lag import SlotLag
+
+
+class TableWrites(Protocol):
+    """What the metrics take of one table's part of a batch (the sink's ``TableResult``)."""
+
+    applied: int
+    stale: int
+    write_s: list[float]
+    e2e_s: list[float]
+    capacity: float
+    throttled: int
+
 
 # Seconds: a single conditional write is milliseconds; a throttled one backs off for seconds.
 _WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -215,8 +225,8 @@ class Metrics:
                 if n:
                     counter.labels(table).inc(n)
 
-    def written(self, result: SinkResult) -> None:
-        for table, part in result.tables.items():
+    def written(self, tables: Mapping[str, TableWrites]) -> None:
+        for table, part in tables.items():
             if part.applied:
                 self.applied.labels(table).inc(part.applied)
             if part.stale:
@@ -317,9 +327,6 @@ class SourceMonitor:
             def read_slot() -> SlotLag | None:
                 return slot_lag(settings)
 
-        if read_connector is None and settings.metrics.connector_state:
-            client = ConnectClient(settings)
-            read_connector = client.status
         self.read_slot = read_slot
         self.read_connector = read_connector  # None: not read (metrics.connector_state off)
         self.stopping = threading.Event()

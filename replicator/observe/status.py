@@ -11,7 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +49,6 @@ from replicator.observe.status_page import (
     parse_exposition,
     rates,
 )
-from replicator.ops.connector import ConnectClient
-from replicator.ops.phases import PhaseStore
-from replicator.ops.postgres import replica_identities
 
 if TYPE_CHECKING:
     from replicator.config import Settings
@@ -137,24 +134,30 @@ class Report:
         )
 
 
-def _phases(settings: Settings, errors: list[str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Sources:
+    """What the screen asks beyond the consumers' metrics, each a call that may fail on its
+    own: the phase store, Kafka Connect's connector status (None: no such connector) and the
+    captured tables' REPLICA IDENTITY checks. The composition root builds them
+    (``replicator.app.status_sources``)."""
+
+    phases: Callable[[], Mapping[str, Any]]
+    connector: Callable[[], dict[str, Any] | None]
+    identities: Callable[[], Iterable[Any]]
+
+
+def _phases(sources: Sources, errors: list[str]) -> dict[str, str]:
     try:
-        store = PhaseStore(settings)
-        try:
-            return {name: str(phase) for name, phase in store.current().items()}
-        finally:
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
+        return {name: str(phase) for name, phase in sources.phases().items()}
     except Exception as exc:  # any failure: the screen shows "unknown", never a traceback
         errors.append(f"phases: {str(exc).strip()[:200]}")
         return {}
 
 
-def _connector(settings: Settings, errors: list[str]) -> dict[str, Any]:
+def _connector(settings: Settings, sources: Sources, errors: list[str]) -> dict[str, Any]:
     name = settings.connector.name
     try:
-        status = ConnectClient(settings).status()
+        status = sources.connector()
     except ReplicatorError as exc:
         errors.append(f"connector: {exc}")
         return {"name": name, "state": "UNKNOWN", "tasks": []}
@@ -184,9 +187,9 @@ def _slot(settings: Settings, errors: list[str]) -> dict[str, Any] | None:
     }
 
 
-def _identities(settings: Settings, errors: list[str]) -> dict[str, Any]:
+def _identities(sources: Sources, errors: list[str]) -> dict[str, Any]:
     try:
-        checks = {check.table: check for check in replica_identities(settings)}
+        checks = {check.table: check for check in sources.identities()}
     except ReplicatorError as exc:
         errors.append(f"replica identity: {exc}")
         return {}
@@ -227,6 +230,7 @@ def probe_consumers(urls: Iterable[str], timeout_s: float = 3.0) -> dict[str, An
 def gather(
     settings: Settings,
     urls: list[str],
+    sources: Sources,
     *,
     previous: Scrape | None = None,
     window_s: float = 2.0,
@@ -248,11 +252,11 @@ def gather(
         errors.append("no consumer reachable: " + "; ".join(scrape_errors))
     elif scrape_errors:
         errors += [f"consumer {e}" for e in scrape_errors]
-    phases = _phases(settings, errors)
-    connector = _connector(settings, errors)
+    phases = _phases(sources, errors)
+    connector = _connector(settings, sources, errors)
     slot = _slot(settings, errors)
     lags = _lags(settings, group_id, errors)
-    identities = _identities(settings, errors)
+    identities = _identities(sources, errors)
     tables = []
     for mapping in mappings:
         lag = lags.get(mapping.name)

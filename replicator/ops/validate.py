@@ -34,7 +34,6 @@ from replicator.config import Settings
 from replicator.core.items import is_marker
 from replicator.core.mapping import Item, TableMapping, canonical
 from replicator.errors import ReplicatorError
-from replicator.ops.rows import source_rows
 from replicator.ops.verify import (
     Progress,
     Verifier,
@@ -51,6 +50,7 @@ from replicator.ops.verify import (
 from replicator.reads.dynamo import DynamoReads
 from replicator.reads.postgres import PostgresReads
 from replicator.stream.dynamo import dynamodb_client
+from replicator.stream.rows import source_rows
 
 LOGS_SOURCE, PAYMENTS_SOURCE = "dbo.integrationlogs", "dbo.payments"
 MARK = "replicator-validate"  # test rows carry it (service name / transaction id)

@@ -60,9 +60,9 @@ from replicator.core.mapping import (
 )
 from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.observe.lag import consumer_lag
-from replicator.ops.rows import source_rows
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.lookup import Lookups
+from replicator.stream.rows import source_rows
 
 Scope = Literal["full", "window", "sample"]
 Kind = Literal["missing", "extra", "differs", "unmappable"]

@@ -33,8 +33,8 @@ from replicator.core.mapping import (
     format_timestamp,
 )
 from replicator.errors import ConfigError, ReplicatorError
-from replicator.ops.rows import as_debezium
 from replicator.reads.rows import Page, Result, Row, RowShape
+from replicator.stream.rows import as_debezium
 
 POSTGRES = "postgres"
 DYNAMODB = "dynamodb"

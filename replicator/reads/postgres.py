@@ -15,7 +15,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from replicator.config import Settings
 from replicator.core.mapping import TableMapping, render, to_item
 from replicator.errors import MappingError
-from replicator.ops.rows import source_row
 from replicator.reads.patterns import (
     POSTGRES,
     Pattern,
@@ -26,6 +25,7 @@ from replicator.reads.patterns import (
     timestamp_value,
 )
 from replicator.reads.rows import Page, Row
+from replicator.stream.rows import source_row
 
 log = structlog.get_logger("replicator.reads.postgres")
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
 from replicator.observe.metrics import start_time_gauge
-from replicator.ops.phases import PhaseStore
 from replicator.reads.dynamo import DynamoReads
 from replicator.reads.patterns import (
     DYNAMODB,
@@ -36,9 +35,6 @@ from replicator.reads.patterns import (
 )
 from replicator.reads.postgres import PostgresReads
 from replicator.reads.rows import Result, miss, same
-
-if TYPE_CHECKING:
-    from replicator.ops.phases import PhaseStore
 
 log = structlog.get_logger("replicator.reads.router")
 
@@ -126,16 +122,15 @@ class ReadPath:
     def __init__(
         self,
         settings: Settings,
-        phases: PhaseStore | PhaseSource | None = None,
+        phases: PhaseSource,
         *,
+        own_phases: bool = False,
         postgres: PostgresReads | None = None,
         dynamo: DynamoReads | None = None,
         shadow: bool | None = None,
         metrics: ReadMetrics | None = None,
     ) -> None:
-        self._own_phases = phases is None
-        if phases is None:
-            phases = PhaseStore(settings)
+        self._own_phases = own_phases  # closed with the path
         self.settings = settings
         self.config = settings.reads
         self.phases = phases

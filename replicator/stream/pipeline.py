@@ -178,7 +178,7 @@ class Pipeline:
         checkpoint.commit(self.source.consumer, messages)
         self.stats.last_record_at = time.monotonic()
         self.metrics.batch(self._consumed(messages), skipped, self._dead_lettered)
-        self.metrics.written(result)
+        self.metrics.written(result.tables)
 
     def _table_of(self, topic: str | None) -> str:
         mapping = self.by_topic.get(topic or "")

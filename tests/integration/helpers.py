@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from replicator.core.items import DELETED, META_ATTRIBUTES
 from replicator.core.mapping import Item, TableMapping, to_item
-from replicator.ops.rows import as_debezium
+from replicator.stream.rows import as_debezium
 
 
 def source_rows(conn: psycopg.Connection[Any], mapping: TableMapping) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from replicator.app import read_path
 from replicator.config import Settings
 from replicator.reads.api import ReadApi
-from replicator.reads.router import ReadPath
 from tests.integration.helpers import wait_for
 from tests.integration.test_metrics_health import free_port, get
 from tests.unit.test_dashboard import referenced_metrics
@@ -55,7 +55,7 @@ def test_every_referenced_metric_is_exported(consumer_factory: Any, settings: Se
     )
     consumer_names = sample_names(body)
 
-    api = ReadApi(ReadPath(own), "127.0.0.1", 0).start()
+    api = ReadApi(read_path(own), "127.0.0.1", 0).start()
     try:
         status, read_body = get(api.port, "/metrics")
     finally:

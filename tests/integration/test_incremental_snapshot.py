@@ -14,9 +14,9 @@ from psycopg.rows import dict_row
 
 from replicator.config import Settings, load_settings
 from replicator.core.mapping import TableMapping, to_item
-from replicator.ops.rows import source_rows
 from replicator.ops.workload import Workload
 from replicator.stream.lookup import Lookups
+from replicator.stream.rows import source_rows
 from tests.integration.helpers import cli, key_text, normalized, replica_items, wait_for
 
 pytestmark = pytest.mark.stack

@@ -23,6 +23,7 @@ from replicator.ops.phases import PhaseStore
 from replicator.reads.api import ReadApi, routes, to_json
 from replicator.reads.postgres import PostgresReads
 from replicator.reads.router import ReadPath
+from replicator.stream.dynamo import dynamodb_client
 from tests.integration import helpers
 from tests.integration.reads_data import (  # noqa: F401 (reads_world is a fixture)
     ReadsWorld,
@@ -126,7 +127,10 @@ def test_every_route_answers_what_the_read_path_reads(
             assert body(response) == expected(postgres, method, args, kwargs), url
         # DynamoDB's reported read units are exported for `replicator cost`, per table.
         report = cost.measure(
-            w.settings, [f"{str(client.base_url).rstrip('/')}/metrics"], window_s=0
+            w.settings,
+            [f"{str(client.base_url).rstrip('/')}/metrics"],
+            window_s=0,
+            dynamodb=dynamodb_client(w.settings.dynamodb),
         )
         by_table = {t.table: t for t in report.tables}
         for table in (w.logs_table, w.payments_table):

@@ -72,9 +72,9 @@ def test_rates_from_a_window_and_from_a_lifetime() -> None:
 
 def test_no_reachable_consumer_is_a_clear_error() -> None:
     with pytest.raises(ReplicatorError, match="no consumer reachable"):
-        measure(Settings(), ["http://127.0.0.1:9/metrics"], 0)
+        measure(Settings(), ["http://127.0.0.1:9/metrics"], 0, None)
     with pytest.raises(ReplicatorError, match="--window"):
-        measure(Settings(), ["http://127.0.0.1:9/metrics"], -1)
+        measure(Settings(), ["http://127.0.0.1:9/metrics"], -1, None)
     done = CliRunner().invoke(app, ["cost", "--metrics-url", "http://127.0.0.1:9/metrics"])
     assert done.exit_code == 1 and "no consumer reachable" in done.output
     assert "Traceback" not in done.output

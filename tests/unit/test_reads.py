@@ -18,7 +18,6 @@ from pydantic import ValidationError
 
 from replicator.config import ReadsSettings, Settings
 from replicator.core.mapping import to_item
-from replicator.ops.rows import source_row
 from replicator.reads.api import ApiError, ReadApi, call_arguments, openapi, routes, to_json
 from replicator.reads.dynamo import _by_sort_key
 from replicator.reads.patterns import (
@@ -35,6 +34,7 @@ from replicator.reads.patterns import (
 )
 from replicator.reads.router import ReadMetrics, Served
 from replicator.reads.rows import Page, RowShape, miss, same
+from replicator.stream.rows import source_row
 
 SETTINGS = Settings()
 PAYMENTS = next(m for m in SETTINGS.tables if m.name == "Payments")

@@ -123,7 +123,7 @@ def test_status_page_shows_health_numbers_and_two_charts_per_table() -> None:
     metrics = Metrics(tables=["Payments", "IntegrationLogs"])
     result = SinkResult()
     result.tables["Payments"] = TableResult(applied=3, e2e_s=[0.2, 0.3, 5.0], capacity=3.0)
-    metrics.written(result)
+    metrics.written(result.tables)
     metrics.connector({"connector": {"state": "RUNNING"}, "tasks": [{"state": "RUNNING"}]})
     metrics.slot(SlotLag("replicator", True, 4096, "0/1"))
     topics = {"loans.dbo.payments": "Payments", "loans.dbo.integrationlogs": "IntegrationLogs"}

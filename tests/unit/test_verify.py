@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from replicator.config import default_tables
 from replicator.core.mapping import TableMapping, to_item
 from replicator.errors import ConfigError
-from replicator.ops.rows import as_debezium, source_row
 from replicator.ops.verify import (
     Divergence,
     Expectation,
@@ -33,6 +32,7 @@ from replicator.ops.verify import (
     pk_of_item,
     shown_key,
 )
+from replicator.stream.rows import as_debezium, source_row
 
 LOGS, PAYMENTS = default_tables()
 
