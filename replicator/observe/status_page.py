@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -91,9 +91,10 @@ def parse_exposition(text: str, at: float | None = None, into: Scrape | None = N
     return scrape
 
 
-def from_registry(metrics: Metrics) -> Scrape:
-    """The in-process registry as a Scrape (no HTTP, no text round trip)."""
-    scrape = Scrape(time.time())
+def from_registry(metrics: Metrics, at: float | None = None) -> Scrape:
+    """The in-process registry as a Scrape (no HTTP, no text round trip), taken at ``at``
+    (default now)."""
+    scrape = Scrape(time.time() if at is None else at)
     for family in metrics.registry.collect():
         for sample in family.samples:
             scrape.add(sample.name, dict(sample.labels), float(sample.value))
@@ -212,9 +213,15 @@ class History:
     costs the consumer loop nothing."""
 
     def __init__(
-        self, metrics: Metrics, topic_tables: dict[str, str], every_s: float, keep_s: float
+        self,
+        metrics: Metrics,
+        topic_tables: dict[str, str],
+        every_s: float,
+        keep_s: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
+        self.clock = clock  # wall-clock seconds: the points' times are shown as such
         self.topic_tables = topic_tables
         self.every_s = every_s
         self.keep_s = keep_s
@@ -232,7 +239,7 @@ class History:
         self.stopping.set()
 
     def sample(self) -> Point:
-        scrape = from_registry(self.metrics)
+        scrape = from_registry(self.metrics, self.clock())
         lag: dict[str, float] = dict.fromkeys(self.topic_tables.values(), 0.0)
         for labels, value in scrape.samples.get(LAG, []):
             table = self.topic_tables.get(labels.get("topic", ""))

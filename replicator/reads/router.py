@@ -125,12 +125,14 @@ class ReadPath:
         phases: PhaseSource,
         *,
         own_phases: bool = False,
+        clock: Callable[[], float] = time.monotonic,
         postgres: PostgresReads | None = None,
         dynamo: DynamoReads | None = None,
         shadow: bool | None = None,
         metrics: ReadMetrics | None = None,
     ) -> None:
         self._own_phases = own_phases  # closed with the path
+        self._clock = clock  # ages the phase cache (reads.cache_s)
         self.settings = settings
         self.config = settings.reads
         self.phases = phases
@@ -159,12 +161,12 @@ class ReadPath:
 
     def phase(self, table: str) -> str:
         """The table's phase (a Phase value), at most ``reads.cache_s`` old."""
-        if time.monotonic() - self._fetched >= self.config.cache_s:
+        if self._clock() - self._fetched >= self.config.cache_s:
             with self._phase_lock:
-                if time.monotonic() - self._fetched >= self.config.cache_s:
+                if self._clock() - self._fetched >= self.config.cache_s:
                     # Aged from when the look-up began: a change committed while it ran is
                     # then seen within cache_s of its commit, however slow the look-up was.
-                    started = time.monotonic()
+                    started = self._clock()
                     try:
                         self._known = {k: str(v) for k, v in self.phases.current().items()}
                     except ReplicatorError as exc:

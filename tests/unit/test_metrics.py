@@ -4,7 +4,6 @@ map, plan, the sink with a fake DynamoDB client), and the HTTP endpoint on a fre
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections import Counter as Tally
@@ -319,7 +318,8 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_probes_and_metrics_over_http() -> None:
-    metrics, health = Metrics(), Health(live_within_s=0.5)
+    now = [0.0]
+    metrics, health = Metrics(), Health(live_within_s=0.5, clock=lambda: now[0])
     server = Server("127.0.0.1", 0, metrics, health).start()
     try:
         port = server.port
@@ -339,7 +339,7 @@ def test_probes_and_metrics_over_http() -> None:
         assert get(port, "/healthz")[0] == 200  # not ready, still alive
         health.write_ok()
         assert get(port, "/readyz")[0] == 200
-        time.sleep(0.6)  # the loop has not turned within live_within_s
+        now[0] += 0.6  # the loop has not turned within live_within_s
         status, body = get(port, "/healthz")
         assert status == 503 and "not turned" in json.loads(body)["reason"]
         health.turned()

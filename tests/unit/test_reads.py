@@ -8,7 +8,7 @@ import gzip
 import json
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from replicator.config import ReadsSettings, Settings
 from replicator.core.mapping import to_item
 from replicator.reads.api import ApiError, ReadApi, call_arguments, openapi, routes, to_json
-from replicator.reads.dynamo import _by_sort_key
+from replicator.reads.dynamo import DynamoReads, _by_sort_key
 from replicator.reads.patterns import (
     Query,
     QueryError,
@@ -32,7 +32,7 @@ from replicator.reads.patterns import (
     parse_text,
     parse_timestamp,
 )
-from replicator.reads.router import ReadMetrics, Served
+from replicator.reads.router import ReadMetrics, ReadPath, Served
 from replicator.reads.rows import Page, RowShape, miss, same
 from replicator.stream.rows import source_row
 
@@ -574,3 +574,37 @@ def test_shutdown_lets_the_requests_in_flight_finish() -> None:
     assert answers == [200]
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, timeout=2)
+
+
+class _Closable:
+    def close(self) -> None: ...
+
+
+def test_the_phase_cache_ages_by_the_paths_clock() -> None:
+    class Phases:
+        calls = 0
+
+        def current(self) -> dict[str, Any]:
+            Phases.calls += 1
+            return {"Payments": "dynamodb-only" if Phases.calls > 1 else "dual-write"}
+
+        def record_incidents(self, table: str, kind: Any, count: int) -> None: ...
+
+    now = [0.0]
+    settings = Settings(reads=ReadsSettings(cache_s=5))
+    path = ReadPath(
+        settings,
+        Phases(),
+        postgres=cast(Any, _Closable()),  # never read here: only closed with the path
+        dynamo=DynamoReads(settings, client=object()),
+        clock=lambda: now[0],
+    )
+    try:
+        assert path.phase("Payments") == "dual-write"
+        now[0] += 4.9
+        assert path.phase("Payments") == "dual-write" and Phases.calls == 1  # still fresh
+        now[0] += 0.1
+        assert path.phase("Payments") == "dynamodb-only" and Phases.calls == 2  # aged out
+        assert path.phase("IntegrationLogs") == "postgres-only"  # unknown: the safe default
+    finally:
+        path.close()

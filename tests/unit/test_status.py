@@ -105,15 +105,18 @@ def test_chart_svg_draws_the_series_in_its_colour() -> None:
 
 def test_history_samples_lag_per_table_and_throughput_from_the_real_metrics() -> None:
     metrics = Metrics(tables=["Payments"])
-    history = History(metrics, {"loans.dbo.payments": "Payments"}, every_s=1, keep_s=10)
+    now = [1000.0]
+    history = History(
+        metrics, {"loans.dbo.payments": "Payments"}, every_s=1, keep_s=10, clock=lambda: now[0]
+    )
     metrics.lag.labels("loans.dbo.payments", "0").set(30)
     metrics.lag.labels("loans.dbo.payments", "1").set(12)
     history.sample()
     metrics.batch(Tally({"Payments": 50}), Tally(), Tally())
-    time.sleep(0.05)
+    now[0] += 0.05
     point = history.sample()
-    assert point.lag == {"Payments": 42}
-    assert point.events_per_s["Payments"] > 50  # 50 events in ~0.05 s
+    assert point.lag == {"Payments": 42} and point.at == 1000.05
+    assert point.events_per_s["Payments"] == pytest.approx(1000)  # 50 events in 0.05 s
     for _ in range(20):
         history.sample()
     assert len(history.snapshot()) == 11  # keep_s / every_s + 1: a ring, not a leak
