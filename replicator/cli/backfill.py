@@ -15,14 +15,7 @@ from rich.progress import (
 )
 
 from replicator import app as composition
-from replicator.cli._common import (
-    app,
-    err,
-    friendly,
-    out,
-    say,
-    settings,
-)
+from replicator.cli._common import app, err, friendly, out, say, settings
 from replicator.errors import ReplicatorError
 from replicator.observe.log import configure
 from replicator.ops.backfill import parse_time, plan_jobs

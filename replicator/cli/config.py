@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 
-from replicator.cli._common import (
-    config_app,
-    friendly,
-    out,
-    settings,
-)
+from replicator.cli._common import config_app, friendly, out, settings
 from replicator.config import redacted
 
 

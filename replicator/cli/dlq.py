@@ -10,13 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from replicator.cli._common import (
-    dlq_app,
-    friendly,
-    out,
-    say,
-    settings,
-)
+from replicator.cli._common import dlq_app, friendly, out, say, settings
 from replicator.errors import ReplicatorError
 from replicator.ops.dlq import read_parked, replay, split_by_horizon
 

@@ -7,18 +7,14 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.live import Live
 
 from replicator.app import status_sources
-from replicator.cli._common import (
-    app,
-    friendly,
-    out,
-    settings,
-)
+from replicator.cli._common import app, friendly, out, settings
 from replicator.errors import ReplicatorError
 from replicator.observe import cost, status
 from replicator.stream.dynamo import dynamodb_client
@@ -106,36 +102,35 @@ _WINDOW = typer.Option(
 )
 
 
-@app.command("lag")
-@friendly
-def lag_command(
-    metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
-    group: Annotated[str | None, _GROUP] = None,
-    table: Annotated[str | None, _TABLE] = None,
-    watch: Annotated[bool, _WATCH] = False,
-    as_json: Annotated[bool, _JSON] = False,
-    interval: Annotated[float, _INTERVAL] = 2.0,
-    window: Annotated[float, _WINDOW] = 5.0,
-) -> None:
-    """Per table: phase, connector state, slot lag, consumer lag, end-to-end p50/p99, throughput."""
-    _lag_screen(metrics_url, watch, as_json, interval, window, False, group, table)
+def _screen_command(probes: bool) -> Callable[..., None]:
+    """`lag` and `status` take the same options; `status` adds the probes and its exit code."""
+
+    def command(
+        metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
+        group: Annotated[str | None, _GROUP] = None,
+        table: Annotated[str | None, _TABLE] = None,
+        watch: Annotated[bool, _WATCH] = False,
+        as_json: Annotated[bool, _JSON] = False,
+        interval: Annotated[float, _INTERVAL] = 2.0,
+        window: Annotated[float, _WINDOW] = 5.0,
+    ) -> None:
+        healthy = _lag_screen(metrics_url, watch, as_json, interval, window, probes, group, table)
+        if probes and not healthy:
+            raise typer.Exit(1)
+
+    return friendly(command)
 
 
-@app.command("status")
-@friendly
-def status_command(
-    metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
-    group: Annotated[str | None, _GROUP] = None,
-    table: Annotated[str | None, _TABLE] = None,
-    watch: Annotated[bool, _WATCH] = False,
-    as_json: Annotated[bool, _JSON] = False,
-    interval: Annotated[float, _INTERVAL] = 2.0,
-    window: Annotated[float, _WINDOW] = 5.0,
-) -> None:
-    """The lag screen plus each consumer's /healthz and /readyz; exit 1 unless the connector and
-    its tasks run, the slot is active and every consumer is reachable and ready."""
-    if not _lag_screen(metrics_url, watch, as_json, interval, window, True, group, table):
-        raise typer.Exit(1)
+app.command(
+    "lag",
+    help="Per table: phase, connector state, slot lag, consumer lag, end-to-end p50/p99, "
+    "throughput.",
+)(_screen_command(probes=False))
+app.command(
+    "status",
+    help="The lag screen plus each consumer's /healthz and /readyz; exit 1 unless the connector "
+    "and its tasks run, the slot is active and every consumer is reachable and ready.",
+)(_screen_command(probes=True))
 
 
 @app.command("cost")

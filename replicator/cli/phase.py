@@ -11,13 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from replicator.cli._common import (
-    friendly,
-    out,
-    phase_app,
-    say,
-    settings,
-)
+from replicator.cli._common import friendly, out, phase_app, say, settings
 from replicator.errors import ReplicatorError
 from replicator.ops.phases import Phase, PhaseError, PhaseRefused, PhaseStore, evaluate, parse_phase
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from replicator.cli._common import (
-    friendly,
-    postgres_app,
-    say,
-    settings,
-)
+from replicator.cli._common import friendly, postgres_app, say, settings
 from replicator.ops.postgres import prepare, printable_script
 
 

@@ -12,13 +12,7 @@ import typer
 from rich.table import Table
 
 from replicator.app import read_path
-from replicator.cli._common import (
-    app,
-    err,
-    friendly,
-    out,
-    settings,
-)
+from replicator.cli._common import app, err, friendly, out, settings
 from replicator.errors import ReplicatorError
 from replicator.observe.log import configure
 from replicator.reads.api import ReadApi, to_json

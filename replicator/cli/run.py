@@ -12,15 +12,7 @@ import typer
 from rich.table import Table
 
 from replicator.app import Consumer
-from replicator.cli._common import (
-    app,
-    connector_payload,
-    friendly,
-    out,
-    say,
-    settings,
-    tables_app,
-)
+from replicator.cli._common import app, connector_payload, friendly, out, say, settings, tables_app
 from replicator.core.items import is_marker
 from replicator.observe.log import configure
 from replicator.ops.connector import ConnectClient

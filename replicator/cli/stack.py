@@ -7,13 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from replicator.cli._common import (
-    friendly,
-    out,
-    say,
-    settings,
-    stack_app,
-)
+from replicator.cli._common import friendly, out, say, settings, stack_app
 from replicator.stack import LocalStack
 
 

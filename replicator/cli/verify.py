@@ -12,14 +12,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from replicator.cli._common import (
-    app,
-    err,
-    friendly,
-    out,
-    say,
-    settings,
-)
+from replicator.cli._common import app, err, friendly, out, say, settings
 from replicator.errors import ReplicatorError
 from replicator.ops.validate import validate
 from replicator.ops.verify import VerifyOptions, Window, default_time_column, verify
