@@ -4,6 +4,10 @@ A mapping says, per source table: which DynamoDB table, how the key is built (te
 columns), every column's attribute name and type, derived attributes such as sparse GSI keys,
 enrichment lookups that add columns from other tables, and TTL. Items are built in DynamoDB's
 wire format ({"S": ...}, {"N": ...}, {"BOOL": ...}) so that no float ever touches a number.
+
+Why one module of this size: the mapping's validation and the row -> item function read the
+same compiled templates and column types; split, the checks made at load time and the code
+that relies on them would drift apart.
 """
 
 from __future__ import annotations
