@@ -12,7 +12,7 @@ from rich.table import Table
 
 from replicator.cli._common import dlq_app, friendly, out, say, settings
 from replicator.errors import ReplicatorError
-from replicator.ops.dlq import read_parked, replay, split_by_horizon
+from replicator.ops.dlq import read_parked, replay, split_by_horizon, superseded
 
 
 def _parked(reason: str | None, refs: list[str] | None) -> list[Any]:
@@ -108,8 +108,17 @@ def dlq_replay(
     records = _parked(reason, refs)
     s = settings()
     kept, refused = split_by_horizon(records, s, int(time.time() * 1000))
+    kept, newer = superseded(s.kafka.bootstrap_servers, kept, s.kafka.extra) if kept else ([], [])
+    # In source order: two parked changes of one row go back oldest first, the newest last.
+    kept.sort(key=lambda r: (r.source_topic, r.source_partition, r.source_offset))
     count = replay(s.kafka.bootstrap_servers, kept, s.kafka.extra) if kept else 0
     say(f"replayed {count} record(s) to their source topics, each to its original partition")
+    if newer:
+        shown = ", ".join(r.ref for r in newer[:20]) + (" ..." if len(newer) > 20 else "")
+        say(
+            f"skipped {len(newer)} record(s) whose row has a newer change in its source "
+            f"partition (it holds the row's whole state, and is applied): {shown}"
+        )
     if refused:
         horizons = ", ".join(f"{m.name} {m.tombstone_days} days" for m in s.tables)
         shown = ", ".join(r.ref for r in refused[:20]) + (" ..." if len(refused) > 20 else "")

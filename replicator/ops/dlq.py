@@ -142,6 +142,79 @@ def split_by_horizon(
     return kept, refused
 
 
+def superseded(
+    bootstrap_servers: str,
+    records: list[Parked],
+    extra: dict[str, str] | None = None,
+    timeout_s: float = 60,
+) -> tuple[list[Parked], list[Parked]]:
+    """The records worth replaying, and those a newer record of the same key follows in their
+    source partition. Such a row's newer change carries its whole state and is (or will be)
+    applied, so the replay would write nothing; appended after it, though, the older record
+    would be the one compaction keeps for the key, and a later replay of the topic from the
+    beginning (a `backfill --into` a new table) would rebuild the older version.
+
+    Reads each source partition concerned from the oldest parked offset to the end seen at the
+    start, keeping only the keys of the records asked about."""
+    wanted: dict[tuple[str, int], dict[bytes, int]] = {}
+    for r in records:
+        if r.source_topic and r.source_partition >= 0 and r.source_offset >= 0 and r.key:
+            keys = wanted.setdefault((r.source_topic, r.source_partition), {})
+            keys[r.key] = min(keys.get(r.key, r.source_offset), r.source_offset)
+    newest: dict[tuple[str, int, bytes], int] = {}  # the last offset of each key seen
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "replicator-dlq-tool",
+            "enable.auto.commit": False,
+            "log_level": 3,
+            **connection_settings(extra or {}),
+        }
+    )
+    try:
+        for (topic, partition), keys in sorted(wanted.items()):
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if (
+                metadata is None
+                or metadata.error is not None
+                or partition not in metadata.partitions
+            ):
+                continue  # the replay itself refuses a record that cannot go back (replay_targets)
+            start = min(keys.values()) + 1
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            start = max(start, low)
+            if start >= high:
+                continue
+            consumer.assign([TopicPartition(topic, partition, start)])
+            deadline = time.monotonic() + timeout_s
+            position = start
+            while position < high:
+                if time.monotonic() > deadline:
+                    raise ReplicatorError(
+                        f"replay refused, nothing was replayed: could not read {topic}[{partition}]"
+                        f" from offset {start} to {high} within {timeout_s:.0f}s to check for "
+                        "newer changes of the parked rows"
+                    )
+                for message in consumer.consume(500, 0.5):
+                    if message.error():
+                        continue
+                    offset = message.offset() or 0
+                    position = max(position, offset + 1)
+                    key = message.key()
+                    if offset < high and key in keys:
+                        newest[(topic, partition, key)] = offset
+    except KafkaException as exc:
+        raise ReplicatorError(f"replay: cannot read the source topics: {exc}") from exc
+    finally:
+        consumer.close()
+    fresh: list[Parked] = []
+    stale: list[Parked] = []
+    for r in records:
+        later = newest.get((r.source_topic, r.source_partition, r.key or b""), -1)
+        (stale if later > r.source_offset else fresh).append(r)
+    return fresh, stale
+
+
 def replay_targets(records: list[Parked], partitions: dict[str, int]) -> list[tuple[str, int]]:
     """Where each record goes back to: its source topic and its original partition
     (``dlq.partition``), given the source topics' partition counts (a topic that no longer
