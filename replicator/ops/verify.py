@@ -48,7 +48,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from replicator.config import Settings
-from replicator.core.events import Row
+from replicator.core.events import Position, Row
 from replicator.core.items import META_ATTRIBUTES, POS, SOURCE_MS, delete_marker, is_marker
 from replicator.core.mapping import (
     AttributeValue,
@@ -63,6 +63,7 @@ from replicator.observe.lag import consumer_lag
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.lookup import Lookups
 from replicator.stream.rows import source_rows
+from replicator.stream.source import newest_position
 
 Scope = Literal["full", "window", "sample"]
 Kind = Literal["missing", "extra", "differs", "unmappable"]
@@ -650,6 +651,23 @@ class _Spill:
                 yield orjson.loads(line)
 
 
+def repair_position(seen: str | None, newest: str | None) -> str | None:
+    """The ``_pos`` a repair writes: the stored item's (``seen``), raised to a snapshot read at
+    ``newest``, the newest ``_pos`` read from the table before the row was read. Pure.
+
+    The stream applies changes in commit order, so every change it delivers later ranks above
+    the newest one already applied: a read ranked there (``streamed`` 0 loses the tie with a
+    change at the same position) is overwritten by each of them, as a repair must be. And an
+    older event replayed later (a `dlq replay`, a backfill into the live table) ranks below it
+    and is refused, where a repaired item without a position, or at its old one, would let it
+    overwrite the repair. ``newest`` is None when nothing with a position was read."""
+    if newest is None:
+        return seen
+    at = Position.decode(newest)
+    floor = Position(at.last_commit, 0, at.lsn).encode()
+    return floor if seen is None or floor > seen else seen
+
+
 def _divergence(record: dict[str, Any]) -> Divergence:
     attributes = {k: (v["expected"], v["actual"]) for k, v in record["attributes"].items()}
     return Divergence(
@@ -685,6 +703,9 @@ class Verifier:
         self.folder = Path(self._folder.name)
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
+        # The newest _pos read from the table so far: how far the stream had got (see repair).
+        self._newest: str | None = None
+        self._newest_lock = threading.Lock()
 
     def __enter__(self) -> Verifier:
         return self
@@ -920,6 +941,7 @@ class Verifier:
                 if self._stop.is_set():
                     return
                 lines, markers = [], 0
+                self._saw(page["Items"])
                 for item in page["Items"]:
                     if is_marker(item):
                         markers += 1
@@ -1071,19 +1093,30 @@ class Verifier:
 
         For each key: read the DynamoDB item first (its ``_pos``, the position of the last
         change applied there, or none), then the PostgreSQL row, then write conditionally on
-        the item still holding that same ``_pos`` (or still none), keeping that ``_pos``:
+        the item still holding that same ``_pos`` (or still none), at ``repair_position``: that
+        ``_pos`` raised to a read at the newest position seen before the row was read (in the
+        table's topic, whose tail is read first, or in the table):
 
         - missing/differs: put the row's item (as the sink would write it);
         - extra: put a delete marker, if the item's row still does not map to this key.
 
         Any change applied after we read the item changes its ``_pos``, and the condition
-        fails (counted as skipped: the stream got there first). Any change not applied yet is
-        newer than the kept ``_pos``, so the sink's own guard (``_pos < :pos``) still lets it
-        overwrite the repair. Reading the item before the row is what makes that hold: the
-        row we write is at least as new as every change already applied. Unmappable rows are
-        left alone (the pipeline dead-letters them too).
+        fails (counted as skipped: the stream got there first). Any change committed after the
+        row was read ranks above the written ``_pos``, so the sink's own guard (``_pos < :pos``)
+        still lets it overwrite the repair; an older event replayed later ranks below it.
+        Reading the item before the row is what makes that hold: the row we write is at least
+        as new as every change already applied. Unmappable rows are left alone (the pipeline
+        dead-letters them too).
         """
         self.progress.start("repair", report.divergent)
+        # Before any row is read: where the stream has got (see ``repair_position``).
+        try:
+            streamed = newest_position(self.settings.kafka, self.settings.topic_of(self.mapping))
+        except ReplicatorError as exc:
+            streamed = None
+            report.notes.append(f"repair ranked by the table's positions only: {exc}")
+        if streamed is not None:
+            self._saw([{POS: {"S": streamed.encode()}}])
         rows: list[dict[str, Any]] = []
         extras: list[Item] = []
         for record in divergences:  # streamed from the spill file, a batch at a time
@@ -1178,16 +1211,28 @@ class Verifier:
             writes.append((delete_marker(mapping, key_of(mapping, item), now_s), item))
         return writes
 
+    def _saw(self, items: Iterable[Item]) -> None:
+        newest = max((i[POS]["S"] for i in items if "S" in i.get(POS, {})), default=None)
+        if newest is not None:
+            with self._newest_lock:
+                if self._newest is None or newest > self._newest:
+                    self._newest = newest
+
     def _guarded_put(self, item: Item, seen: Item | None) -> bool:
-        """Put ``item`` only if the stored item still has the ``_pos`` seen (or still none),
-        keeping that ``_pos``; False when the condition failed (a newer change is stored)."""
+        """Put ``item`` only if the stored item still has the ``_pos`` seen (or still none), at
+        ``repair_position`` of that ``_pos`` and the newest one read from the table before;
+        False when the condition failed (a newer change is stored)."""
         request: dict[str, Any] = {
             "TableName": self.mapping.name,
             "ExpressionAttributeNames": {"#pos": POS},
         }
         position = seen.get(POS) if seen else None
+        with self._newest_lock:
+            newest = self._newest
+        ranked = repair_position(position["S"] if position else None, newest)
+        if ranked is not None:
+            item[POS] = {"S": ranked}
         if position is not None:
-            item[POS] = position  # kept: every change not applied yet is newer and still wins
             request["ConditionExpression"] = "#pos = :seen"
             request["ExpressionAttributeValues"] = {":seen": position}
         else:
@@ -1282,7 +1327,9 @@ class Verifier:
                     answer = self.dynamodb.batch_get_item(RequestItems=request)
                 except (ClientError, BotoCoreError) as exc:
                     raise ReplicatorError(f"reading {mapping.name} failed: {exc}") from exc
-                for item in answer.get("Responses", {}).get(mapping.name, []):
+                items = answer.get("Responses", {}).get(mapping.name, [])
+                self._saw(items)
+                for item in items:
                     found[key_text(mapping, item)] = item
                 request = answer.get("UnprocessedKeys") or {}
                 if not request:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,9 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from replicator.config import KafkaSettings
-from replicator.errors import ReplicatorError
+from replicator.core.decode import decode
+from replicator.core.events import ChangeEvent, Origin, Position
+from replicator.errors import DecodeError, ReplicatorError
 
 log = structlog.get_logger("replicator.stream.source")
 
@@ -227,3 +230,48 @@ class BoundedSource(KafkaSource):
         total = sum(max(0, s.end - s.origin) for s in self.spans)
         done = sum(max(0, self.read_to[(s.topic, s.partition)] - s.origin) for s in self.spans)
         return done, total
+
+
+def newest_position(
+    kafka: KafkaSettings, topic: str, tail: int = 20, timeout_s: float = 10.0
+) -> Position | None:
+    """The newest source position among the last ``tail`` records of each partition of
+    ``topic`` (None: no change there, or no such topic). Debezium streams in commit order, so
+    every change committed later ranks above it, whichever partition it lands in."""
+    consumer = Consumer(
+        {**_config(kafka, "replicator-position-probe", "replicator-position"), **kafka.extra}
+    )
+    newest: Position | None = None
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            start = max(low, high - tail)
+            if start >= high:
+                continue
+            consumer.assign([TopicPartition(topic, partition, start)])
+            seen = start
+            deadline = time.monotonic() + timeout_s
+            while seen < high and time.monotonic() < deadline:
+                for message in consumer.consume(tail, 0.5):
+                    if message.error():
+                        continue
+                    seen = max(seen, (message.offset() or 0) + 1)
+                    origin = Origin(topic, partition, message.offset() or 0)
+                    try:
+                        event = decode(message.key(), message.value(), origin)
+                    except DecodeError:
+                        continue
+                    if isinstance(event, ChangeEvent) and (
+                        newest is None or event.position > newest
+                    ):
+                        newest = event.position
+    except KafkaException as exc:
+        raise SourceError(f"cannot read the end of {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+    return newest

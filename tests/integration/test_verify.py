@@ -16,12 +16,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 from replicator.cli import app
 from replicator.cli.verify import DIVERGENT_EXIT
 from replicator.config import Settings
 from replicator.core.events import Position
+from replicator.core.items import GUARD, POS
 from replicator.core.mapping import TableMapping
 from replicator.ops.verify import (
     Verifier,
@@ -238,10 +240,13 @@ def test_planted_divergences_are_found_exactly_then_repaired(
         clean = verify(own, mapping, options)
         assert clean.clean and clean.matched == 6, clean.divergences
 
-    # The stale key became a delete marker that keeps the position it had, and a newer change
-    # to a repaired row still replicates over the repair.
+    # The stale key became a delete marker ranked as a read at the stream's position (never
+    # below the position it had), and a newer change to a repaired row still replicates over
+    # the repair.
     marker = get_item(dynamodb, logs, lkeys[3])
-    assert marker["_deleted"] == {"BOOL": True} and marker["_pos"] == litems[3]["_pos"]
+    assert marker["_deleted"] == {"BOOL": True}
+    assert marker["_pos"]["S"] > litems[3]["_pos"]["S"]
+    assert Position.decode(marker["_pos"]["S"]).streamed == 0
     for paymentid, key in zip(paymentids[:2], pkeys[:2], strict=True):
         pg.execute(
             "UPDATE dbo.payments SET paymentstatus = 'Failed' WHERE paymentid = %s", [paymentid]
@@ -292,6 +297,54 @@ def test_repair_never_overwrites_a_newer_replicated_change(
         lambda: visible(get_item(dynamodb, logs_map.name, key)) is None,
         ARRIVAL_S,
         what="the delete",
+    )
+
+
+def test_a_repaired_missing_item_refuses_an_older_replayed_event(
+    live: Any, pg: psycopg.Connection[Any], dynamodb: Any
+) -> None:
+    """A repair writes a position: an older event of the row replayed afterwards (a `dlq
+    replay`, a backfill into the live table) fails the sink's guard instead of overwriting the
+    repaired item, and the row's next real change still replicates over it."""
+    _, own = live
+    logs_map: TableMapping = own.tables[0]
+    day = (BASE + dt.timedelta(days=3)).isoformat()
+    logid = pg.execute(
+        "INSERT INTO dbo.integrationlogs (logtype, servicename, issuccess, logtimestamp, "
+        "statuscode) VALUES ('Credit Check', 'RepairService', true, %s, '200') RETURNING logid",
+        [f"{day} 08:00:00"],
+    ).fetchone()[0]
+    key = log_key("RepairService", f"{day}T08:00:00.000000Z", logid)
+    created = arrived(dynamodb, logs_map.name, key)
+    pg.execute("UPDATE dbo.integrationlogs SET statuscode = '201' WHERE logid = %s", [logid])
+    wait_for(
+        lambda: get_item(dynamodb, logs_map.name, key).get("StatusCode") == {"S": "201"},
+        ARRIVAL_S,
+        what="the update",
+    )
+    dynamodb.delete_item(TableName=logs_map.name, Key=key)  # lost: the item is missing
+
+    window = Window("logtimestamp", dt_of(day), dt_of(day) + dt.timedelta(days=1))
+    repaired = verify(own, logs_map, VerifyOptions(window=window, repair=True, record=False))
+    assert (repaired.missing, repaired.repaired) == (1, 1), repaired
+    stored = get_item(dynamodb, logs_map.name, key)
+    assert stored["StatusCode"] == {"S": "201"} and "_pos" in stored
+
+    # The create event replayed: the guard the sink writes with refuses it.
+    with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+        dynamodb.put_item(
+            TableName=logs_map.name,
+            Item=created,
+            ConditionExpression=GUARD,
+            ExpressionAttributeNames={"#pos": POS},
+            ExpressionAttributeValues={":pos": created["_pos"]},
+        )
+    assert get_item(dynamodb, logs_map.name, key) == stored
+    pg.execute("UPDATE dbo.integrationlogs SET statuscode = '202' WHERE logid = %s", [logid])
+    wait_for(
+        lambda: get_item(dynamodb, logs_map.name, key).get("StatusCode") == {"S": "202"},
+        ARRIVAL_S,
+        what="a replicated change after the repair",
     )
 
 

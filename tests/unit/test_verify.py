@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator.config import default_tables
+from replicator.core.events import Position
 from replicator.core.mapping import TableMapping, to_item
 from replicator.errors import ConfigError
 from replicator.ops.verify import (
@@ -30,6 +31,7 @@ from replicator.ops.verify import (
     key_text,
     number_text,
     pk_of_item,
+    repair_position,
     shown_key,
 )
 from replicator.stream.rows import as_debezium, source_row
@@ -259,3 +261,23 @@ def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_repair_ranks_as_a_read_at_the_newest_position_read_before_it() -> None:
+    applied = Position(0x50, 1, 0x58).encode()  # the newest change read from the table
+    read_there = Position(0x50, 0, 0x58).encode()
+    older = Position(0x20, 1, 0x28).encode()
+    newer = Position(0x60, 1, 0x61).encode()
+    # A missing item gets a position: an older event replayed later is refused by the guard.
+    assert repair_position(None, applied) == read_there
+    assert older < read_there
+    # Every change the stream delivers later ranks above it, even one at the same position.
+    assert read_there < applied < newer
+    # A stored item's own position is raised, never lowered.
+    assert repair_position(older, applied) == read_there
+    assert repair_position(newer, applied) == newer
+    # Nothing with a position read: the stored one (or none) as before.
+    assert repair_position(None, None) is None and repair_position(older, None) == older
+    # An initial-snapshot read stays where it is.
+    snapshot = Position(0, 0, 0x30).encode()
+    assert repair_position(None, snapshot) == snapshot
