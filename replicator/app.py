@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from replicator.config import Settings
+from replicator.core.events import Position
 from replicator.errors import ReplicatorError
 from replicator.observe.health import Server
 from replicator.observe.metrics import Metrics, SourceMonitor
@@ -25,13 +26,14 @@ from replicator.ops.connector import ConnectClient
 from replicator.ops.phases import PhaseStore
 from replicator.ops.postgres import replica_identities, require_replica_identity
 from replicator.reads.router import ReadPath
+from replicator.stream.batch import BatchSink
 from replicator.stream.deadletter import DeadLetters, connection_settings, ensure_topic
 from replicator.stream.dynamo import dynamodb_writer
 from replicator.stream.horizon import check_horizon, read_limits
 from replicator.stream.lookup import Lookups
 from replicator.stream.pipeline import Pipeline, Stats
 from replicator.stream.retry import RetryPolicy
-from replicator.stream.sink import DynamoSink, Write
+from replicator.stream.sink import DynamoSink, Sink, Write
 from replicator.stream.source import KafkaSource
 
 log = structlog.get_logger("replicator.app")
@@ -45,10 +47,13 @@ def pipeline(
     source: KafkaSource | None = None,
     before_write: Callable[[list[Write]], None] | None = None,
     refuse_older_than_horizon: bool = False,
+    batch_lane: dict[tuple[str, int], Position] | None = None,
 ) -> Pipeline:
-    """Wire the stages from the settings; a replay passes its own (bounded) source. Refuses to
-    start when a table's delete markers would expire before Kafka lets go of what could bring
-    its deleted rows back (replicator.stream.horizon)."""
+    """Wire the stages from the settings; a replay passes its own (bounded) source, and a load
+    into a table nobody reads or else writes ``batch_lane``: it then writes through the batch
+    lane (replicator.stream.batch), seeded with each partition's newest position written by an
+    earlier run of the load. Refuses to start when a table's delete markers would expire before
+    Kafka lets go of what could bring its deleted rows back (replicator.stream.horizon)."""
     topics = [settings.topic_of(t) for t in settings.tables]
     if not topics:
         raise ReplicatorError("no tables are mapped: nothing to consume")
@@ -62,7 +67,10 @@ def pipeline(
     # One retry policy for every write and lookup; between attempts it tells liveness.
     retry = RetryPolicy.from_settings(settings.dynamodb, health.turned)
     concurrency = settings.dynamodb.concurrency
-    sink = DynamoSink(dynamodb_writer(settings.dynamodb, concurrency, retry), concurrency, retry)
+    writer = dynamodb_writer(settings.dynamodb, concurrency, retry)
+    sink: Sink = DynamoSink(writer, concurrency, retry, settings.dynamodb.guarded_lane)
+    if batch_lane is not None:
+        sink = BatchSink(writer, sink, concurrency, retry, batch_lane)
     lookups = Lookups(settings.postgres.lookups(), retry=retry)
     dead_letters = DeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, connection)
     return Pipeline(

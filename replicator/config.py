@@ -203,6 +203,12 @@ class DynamoSettings(_Section):
         description="the sink's writes: 'wire' sends the prepared requests as DynamoDB JSON "
         "(signed by botocore, far less CPU per write); 'boto3' uses boto3's client",
     )
+    guarded_lane: Literal["single", "transact"] = Field(
+        "single",
+        description="how the guarded lane sends rows that did not move: 'single', one "
+        "conditional PutItem each (1x write units); 'transact', up to 100 independent rows to a "
+        "TransactWriteItems, each still guarded (about a fifth of the client CPU, 2x write units)",
+    )
 
     @field_validator("endpoint_url")
     @classmethod

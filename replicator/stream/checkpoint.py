@@ -8,22 +8,34 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 log = structlog.get_logger("replicator.stream.checkpoint")
 
 
-def next_offsets(messages: list[Message]) -> list[TopicPartition]:
-    """Per partition, the offset after the last record of the batch."""
+def next_offsets(
+    messages: list[Message], metadata: dict[tuple[str, int], str] | None = None
+) -> list[TopicPartition]:
+    """Per partition, the offset after the last record of the batch, with that partition's
+    ``metadata`` if given (the batch lane's newest written position)."""
     last: dict[tuple[str, int], int] = {}
     for message in messages:
         key = (message.topic(), message.partition())
         last[key] = max(last.get(key, -1), message.offset())
+    if not metadata:
+        return [
+            TopicPartition(topic, partition, offset + 1)
+            for (topic, partition), offset in sorted(last.items())
+        ]
     return [
-        TopicPartition(topic, partition, offset + 1)
+        TopicPartition(topic, partition, offset + 1, metadata.get((topic, partition)))
         for (topic, partition), offset in sorted(last.items())
     ]
 
 
-def commit(consumer: Consumer, messages: list[Message]) -> bool:
+def commit(
+    consumer: Consumer,
+    messages: list[Message],
+    metadata: dict[tuple[str, int], str] | None = None,
+) -> bool:
     """Commit synchronously. A commit refused because the partitions moved to another member
     is not an error: that member re-reads the records, and the position guard makes it safe."""
-    offsets = next_offsets(messages)
+    offsets = next_offsets(messages, metadata)
     if not offsets:
         return True
     try:

@@ -14,13 +14,15 @@ from replicator.stream.retry import RetryPolicy
 
 
 class DynamoWriter(Protocol):
-    """The three calls DynamoSink makes, with boto3's request and error shapes."""
+    """The four calls the sinks make, with boto3's request and error shapes."""
 
     def put_item(self, **request: Any) -> Any: ...
 
     def update_item(self, **request: Any) -> Any: ...
 
     def transact_write_items(self, **request: Any) -> Any: ...
+
+    def batch_write_item(self, **request: Any) -> Any: ...
 
 
 def dynamodb_client(
@@ -72,6 +74,9 @@ class Boto3Writer:
         # the transaction once even if an attempt's answer was lost.
         request.setdefault("ClientRequestToken", str(uuid.uuid4()))
         return send_with_retries(self.retry, lambda: self.client.transact_write_items(**request))
+
+    def batch_write_item(self, **request: Any) -> dict[str, Any]:
+        return send_with_retries(self.retry, lambda: self.client.batch_write_item(**request))
 
     def close(self) -> None:
         self.client.close()

@@ -1,4 +1,4 @@
-"""A lean DynamoDB client for the sink's three write calls, speaking DynamoDB's JSON 1.0 protocol.
+"""A lean DynamoDB client for the sink's four write calls, speaking DynamoDB's JSON 1.0 protocol.
 
 boto3 spends ~0.8 ms of CPU on one conditional PutItem: it validates the request against the
 service model, serializes it shape by shape, runs its event hooks and parses the response the
@@ -6,13 +6,14 @@ same way. The sink's requests are already in DynamoDB's wire format (``{"S": ...
 ``{"N": "1.50"}``), so this client only dumps them with orjson, signs them with botocore's own
 SigV4 signer and sends them over a pooled keep-alive urllib3 connection.
 
-It takes exactly the request dicts that boto3's ``put_item``, ``update_item`` and
-``transact_write_items`` take, and fails the way boto3 does: ``botocore.exceptions.ClientError``
-with ``response["Error"]["Code"]`` (and ``response["CancellationReasons"]`` for a cancelled
-transaction), and a ``BotoCoreError`` subclass when the endpoint cannot be reached. Throttling,
-5xx answers and connection errors are retried by the replicator's retry policy
-(``replicator.stream.retry``: capped exponential backoff with full jitter, a number of attempts
-and a deadline per request), as the sink's boto3 client is.
+It takes exactly the request dicts that boto3's ``put_item``, ``update_item``,
+``transact_write_items`` and ``batch_write_item`` take, and fails the way boto3 does:
+``botocore.exceptions.ClientError`` with ``response["Error"]["Code"]`` (and
+``response["CancellationReasons"]`` for a cancelled transaction), and a ``BotoCoreError``
+subclass when the endpoint cannot be reached. Throttling, 5xx answers and connection errors
+are retried by the replicator's retry policy (``replicator.stream.retry``: capped exponential
+backoff with full jitter, a number of attempts and a deadline per request), as the sink's
+boto3 client is.
 
 Differences from boto3, none of which the sink depends on: no parameter validation (DynamoDB
 answers a malformed request with a ValidationException), and responses are returned as sent
@@ -68,7 +69,7 @@ RETRYABLE_CODES = THROTTLE_CODES | {
 
 
 class DynamoWireClient:
-    """PutItem, UpdateItem and TransactWriteItems over DynamoDB's JSON protocol.
+    """PutItem, UpdateItem, TransactWriteItems and BatchWriteItem over DynamoDB's JSON protocol.
 
     Thread-safe: the connection pool hands each request its own connection (at most
     ``max_pool``, further callers wait for one), and each call keeps its retry state to itself.
@@ -139,7 +140,7 @@ class DynamoWireClient:
             read_timeout_s=settings.read_timeout_s,
         )
 
-    # --- the three calls DynamoSink makes ---------------------------------------------------
+    # --- the four calls the sinks make ---------------------------------------------------
 
     def put_item(self, **request: Any) -> dict[str, Any]:
         return self._call("PutItem", request)
@@ -152,6 +153,9 @@ class DynamoWireClient:
             # As botocore does: retries of this call are then idempotent on DynamoDB's side.
             request["ClientRequestToken"] = str(uuid.uuid4())
         return self._call("TransactWriteItems", request)
+
+    def batch_write_item(self, **request: Any) -> dict[str, Any]:
+        return self._call("BatchWriteItem", request)
 
     def close(self) -> None:
         self._pool.close()

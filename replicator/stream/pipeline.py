@@ -32,7 +32,7 @@ from replicator.stream.deadletter import DeadLetters
 from replicator.stream.horizon import cutoff_ms
 from replicator.stream.lookup import Lookups
 from replicator.stream.retry import RetryPolicy
-from replicator.stream.sink import Change, DynamoSink, Write, plan
+from replicator.stream.sink import Change, Sink, Write, plan
 from replicator.stream.source import KafkaSource
 
 log = structlog.get_logger("replicator.stream.pipeline")
@@ -55,7 +55,7 @@ class Pipeline:
         self,
         settings: Settings,
         source: KafkaSource,
-        sink: DynamoSink,
+        sink: Sink,
         lookups: Lookups,
         dead_letters: DeadLetters,
         metrics: Metrics | None = None,
@@ -175,7 +175,7 @@ class Pipeline:
         self.stats.stale += result.stale
         self.stats.batches += 1
         self.dead_letters.flush()
-        checkpoint.commit(self.source.consumer, messages)
+        checkpoint.commit(self.source.consumer, messages, self.sink.commit_metadata())
         self.stats.last_record_at = time.monotonic()
         self.metrics.batch(self._consumed(messages), skipped, self._dead_lettered)
         self.metrics.written(result.tables)

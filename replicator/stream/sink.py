@@ -12,11 +12,12 @@ is the point of the guard.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -27,6 +28,8 @@ from replicator.errors import SinkError, SystemicSinkError
 from replicator.stream.dynamo_wire import RETRYABLE_CODES, THROTTLE_CODES, is_retryable
 from replicator.stream.retry import RetryPolicy
 
+GuardedLane = Literal["single", "transact"]
+MAX_TRANSACTION = 100  # TransactWriteItems' limit of actions per request
 _THROTTLE_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
 # Asked on every write: DynamoDB adds ~60 bytes to the answer, and it is the only way to know
 # the write units an item really cost (size, GSIs) for `replicator cost`.
@@ -210,6 +213,17 @@ class SinkResult:
             mine.throttled += theirs.throttled
 
 
+class Sink(Protocol):
+    """What the pipeline writes through: the guarded lanes (DynamoSink) or the batch lane
+    (replicator.stream.batch.BatchSink)."""
+
+    def write(self, writes: list[Write]) -> SinkResult: ...
+
+    def commit_metadata(self) -> dict[tuple[str, int], str]: ...
+
+    def close(self) -> None: ...
+
+
 def _row_id(change: Change) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return change.mapping.name, tuple(sorted(change.event.key.items()))
 
@@ -341,6 +355,13 @@ def action(write: Write, now_s: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Pack:
+    """Independent rows' single writes, sent as one TransactWriteItems (the transact lane)."""
+
+    writes: list[tuple[Write, dict[str, Any]]]
+
+
 def _refused(result: SinkResult, unit: list[tuple[Write, Any]], reason: str) -> SinkResult:
     """A unit DynamoDB refused: every write of it failed with the reason, none applied (a
     cancelled transaction applies nothing; actions dropped as stale were not applied either)."""
@@ -374,12 +395,21 @@ class DynamoSink:
     """
 
     def __init__(
-        self, client: Any, concurrency: int = 16, retry: RetryPolicy | None = None
+        self,
+        client: Any,
+        concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        lane: GuardedLane = "single",
     ) -> None:
         self.client = client
         self.retry = retry or RetryPolicy()  # a key move's cancelled transaction, retried
         self.concurrency = concurrency
+        self.lane = lane
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sink")
+
+    def commit_metadata(self) -> dict[tuple[str, int], str]:
+        """Nothing rides on the committed offsets of the guarded lanes."""
+        return {}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -395,7 +425,15 @@ class DynamoSink:
         result = SinkResult()
         # One task per worker, not per write: a future per write costs more CPU than the write.
         # One row's writes are one unit, in one lane: no two requests in flight touch one item.
-        work = list(units.values())
+        work: list[list[tuple[Write, dict[str, Any]]] | _Pack] = list(units.values())
+        if self.lane == "transact":
+            # Independent rows, up to 100 to a transaction; key moves stay transactions alone.
+            singles = [u[0] for u in work if isinstance(u, list) and len(u) == 1]
+            work = [u for u in work if isinstance(u, list) and len(u) > 1]
+            work += [
+                _Pack(singles[i : i + MAX_TRANSACTION])
+                for i in range(0, len(singles), MAX_TRANSACTION)
+            ]
         lanes = [work[i :: self.concurrency] for i in range(min(self.concurrency, len(work)))]
         futures = [self.pool.submit(self._write_lane, lane) for lane in lanes]
         # Every lane ends before a failure goes up, so a retried batch never overlaps this one;
@@ -408,12 +446,17 @@ class DynamoSink:
             result.merge(part)
         return result
 
-    def _write_lane(self, lane: list[list[tuple[Write, dict[str, Any]]]]) -> list[SinkResult]:
-        """A lane's units in turn: a single write, or a key move's transaction."""
+    def _write_lane(
+        self, lane: list[list[tuple[Write, dict[str, Any]]] | _Pack]
+    ) -> list[SinkResult]:
+        """A lane's units in turn: a single write, a key move's transaction, or a transaction
+        of independent rows."""
         result = SinkResult()  # one per lane: nothing allocated per write but the timings
         parts = [result]
         for unit in lane:
-            if len(unit) == 1:
+            if isinstance(unit, _Pack):
+                self._write_packed(result, unit.writes)
+            elif len(unit) == 1:
                 self._write_one(result, *unit[0])
             else:
                 parts.append(self._write_transaction(unit))
@@ -446,6 +489,107 @@ class DynamoSink:
         part.e2e_s.append(time.time() - write.source_ts_ms / 1000)
         if response:
             _account(part, response)
+
+    def _write_packed(self, result: SinkResult, pack: list[tuple[Write, dict[str, Any]]]) -> None:
+        """Independent rows in one TransactWriteItems, each action still guarded by its own
+        row's position. One action that fails cancels them all, and the cancellation says
+        which: a failed condition is stale (a newer change is stored) and dropped, a refused
+        item is parked, and the rest is sent again as a new transaction (new token), after a
+        backoff when throughput or a conflict cancelled it. Retries of one request (the
+        client's, on 5xx and timeouts) keep its token, so DynamoDB applies it at most once."""
+        pending = pack
+        started = self.retry.clock()
+        for attempt in range(self.retry.attempts):
+            if not pending:
+                return
+            table = pending[0][0].mapping.name
+            try:
+                sent = time.perf_counter()
+                response = self.client.transact_write_items(
+                    TransactItems=[a for _, a in pending],
+                    ReturnConsumedCapacity=_CAPACITY,
+                    ClientRequestToken=str(uuid.uuid4()),
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code != "TransactionCanceledException":
+                    verdict, text = _verdict(exc)
+                    if verdict is Verdict.REFUSED and len(pending) > 1:
+                        # The request as a whole (over 4 MB, say): nothing was written. Halve it.
+                        half = len(pending) // 2
+                        self._write_packed(result, pending[:half])
+                        self._write_packed(result, pending[half:])
+                        return
+                    if verdict is Verdict.REFUSED:
+                        result.failed.append((pending[0][0], text))
+                        return
+                    text = f"DynamoDB transaction on {table} failed: {text}"
+                    raise _sink_error(verdict, text, exc) from exc
+                pending, must_wait = self._cancelled(result, pending, exc)
+                if not must_wait:
+                    continue  # only stale or refused actions dropped: the rest at once
+            except BotoCoreError as exc:
+                verdict, text = _verdict(exc)
+                raise _sink_error(verdict, text, exc) from exc
+            else:
+                elapsed = time.perf_counter() - sent
+                now = time.time()
+                part = result.table(table)
+                part.write_s.append(elapsed)
+                if response:
+                    _account(part, response)
+                result.applied += len(pending)
+                for write, _ in pending:
+                    part.applied += len(write.origins)
+                    part.e2e_s.append(now - write.source_ts_ms / 1000)
+                return
+            wait = self.retry.next_wait(attempt, started)
+            if wait is None:
+                break
+            self.retry.pause(wait)
+        if pending:
+            raise SinkError(
+                f"DynamoDB transaction on {pending[0][0].mapping.name}: {len(pending)} writes "
+                "still cancelled (conflicts or throttling) after the retry policy's attempts "
+                "or deadline"
+            )
+
+    def _cancelled(
+        self,
+        result: SinkResult,
+        pending: list[tuple[Write, dict[str, Any]]],
+        exc: ClientError,
+    ) -> tuple[list[tuple[Write, dict[str, Any]]], bool]:
+        """A cancelled transaction of independent rows: what is left to send again, and
+        whether to back off first."""
+        reasons = exc.response.get("CancellationReasons") or []
+        if len(reasons) != len(pending):
+            raise SinkError(f"transaction cancelled without per-item reasons: {exc}") from exc
+        retry: list[tuple[Write, dict[str, Any]]] = []
+        must_wait = False
+        for pair, reason in zip(pending, reasons, strict=True):
+            code = reason.get("Code")
+            if code in (None, "None"):  # fine itself: another action cancelled it
+                retry.append(pair)
+                continue
+            message = reason.get("Message") or ""
+            verdict = classify(code, message)
+            write = pair[0]
+            if verdict is Verdict.STALE:
+                result.stale += 1
+                result.table(write.mapping.name).stale += len(write.origins)
+            elif verdict is Verdict.REFUSED:
+                result.failed.append((write, f"{code}: {message}"))
+            elif verdict is Verdict.SYSTEMIC:
+                raise SystemicSinkError(
+                    f"DynamoDB transaction on {write.mapping.name} failed: {code}: {message}"
+                ) from exc
+            else:  # a conflict or throttling
+                retry.append(pair)
+                must_wait = True
+                if code in _THROTTLE_REASONS:
+                    result.table(write.mapping.name).throttled += 1
+        return retry, must_wait
 
     def _write_transaction(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
         result = self._transact(unit)

@@ -114,6 +114,7 @@ class Span:
     origin: int  # where the replay begins: the beginning, or the first record at --from-time
     start: int  # where this run begins: the group's committed offset when resuming
     end: int  # the partition's end when this run started: it stops there (unless follow)
+    metadata: str | None = None  # what the group's committed offset carries (resuming only)
 
 
 class BoundedSource(KafkaSource):
@@ -175,9 +176,9 @@ class BoundedSource(KafkaSource):
                 )
             raise KafkaException(metadata.error)
         partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-        committed = {
-            tp.partition: tp.offset for tp in self.consumer.committed(partitions, timeout=timeout_s)
-        }
+        found = self.consumer.committed(partitions, timeout=timeout_s)
+        committed = {tp.partition: tp.offset for tp in found}
+        metadata = {tp.partition: tp.metadata for tp in found}
         at_time: dict[int, int] = {}
         if from_ms is not None:
             asked = [TopicPartition(topic, tp.partition, from_ms) for tp in partitions]
@@ -194,9 +195,11 @@ class BoundedSource(KafkaSource):
             origin = max(origin, low)
             start = origin
             done = committed.get(tp.partition, -1)
+            carried = None
             if done >= 0 and not restart:
                 start, resumed = max(done, low), True  # compaction may have removed older ones
-            spans.append(Span(topic, tp.partition, origin, start, high))
+                carried = metadata.get(tp.partition)
+            spans.append(Span(topic, tp.partition, origin, start, high, carried))
         return spans, resumed
 
     def poll(self) -> list[Message]:

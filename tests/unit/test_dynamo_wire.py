@@ -690,3 +690,115 @@ def test_without_an_endpoint_url_the_regional_aws_endpoint_is_used() -> None:
     wire = dynamodb_writer(DynamoSettings(endpoint_url=None, region="eu-central-1"))
     assert isinstance(wire, DynamoWireClient)
     assert wire.endpoint_url == "https://dynamodb.eu-central-1.amazonaws.com"
+
+
+# --- the transact lane: independent rows in one guarded TransactWriteItems --------------------
+
+
+def inserts(count: int) -> list[Any]:
+    changes = []
+    for logid in range(1, count + 1):
+        rec = create_record(LOGS, log_row(logid=logid))
+        event = decode(rec.key, rec.value, rec.origin)
+        assert isinstance(event, ChangeEvent)
+        changes.append(to_change(MAPPINGS[LOGS], event))
+    return plan(changes)
+
+
+def transact_sink(endpoint: Endpoint, kind: str) -> DynamoSink:
+    settings = DynamoSettings(endpoint_url=endpoint.url, client=kind)  # type: ignore[arg-type]
+    retry = RetryPolicy(sleep=lambda _s: None)
+    return DynamoSink(dynamodb_writer(settings, retry=retry), 1, retry, "transact")
+
+
+def reason(code: str, message: str = "") -> dict[str, str]:
+    return {"Code": code, "Message": message} if code != "None" else {"Code": "None"}
+
+
+def cancelled_by(*reasons: dict[str, str]) -> Answer:
+    return error("TransactionCanceledException", "cancelled", CancellationReasons=list(reasons))
+
+
+def logids(seen: Seen) -> list[str]:
+    return [a["Put"]["Item"]["LogId"]["N"] for a in seen.json["TransactItems"]]
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_rows_go_up_to_100_to_a_transaction_each_guarded(endpoint: Endpoint, kind: str) -> None:
+    result = transact_sink(endpoint, kind).write(inserts(150))
+    assert sorted(len(s.json["TransactItems"]) for s in endpoint.seen) == [50, 100]
+    assert all(
+        a["Put"]["ConditionExpression"] == "attribute_not_exists(#pos) OR #pos < :pos"
+        for s in endpoint.seen
+        for a in s.json["TransactItems"]
+    )
+    assert result.applied == 150 and result.tables[MAPPINGS[LOGS].name].applied == 150
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_a_cancelled_transaction_drops_stale_rows_parks_refused_ones_and_retries_the_rest(
+    endpoint: Endpoint, kind: str
+) -> None:
+    endpoint.script = [
+        cancelled_by(
+            reason("None"),
+            reason("ConditionalCheckFailed", "The conditional request failed"),
+            reason("ValidationError", "Item size has exceeded the maximum allowed size"),
+            reason("None"),
+        )
+    ]
+    planned = inserts(4)
+    result = transact_sink(endpoint, kind).write(planned)
+    first, second = endpoint.seen
+    assert logids(first) == ["1", "2", "3", "4"] and logids(second) == ["1", "4"]
+    assert first.json["ClientRequestToken"] != second.json["ClientRequestToken"]  # new request
+    assert result.applied == 2 and result.stale == 1
+    table = result.tables[MAPPINGS[LOGS].name]
+    assert table.applied == 2 and table.stale == 1
+    ((write, why),) = result.failed
+    assert write is planned[2] and "Item size" in why
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_an_ambiguous_failure_is_retried_with_the_same_token_a_conflict_with_a_new_one(
+    endpoint: Endpoint, kind: str
+) -> None:
+    endpoint.script = [
+        error("InternalServerError", status=500),  # applied or not? the token makes it once
+        cancelled_by(reason("None"), reason("TransactionConflict", "conflict")),
+    ]
+    result = transact_sink(endpoint, kind).write(inserts(2))
+    first, second, third = endpoint.seen
+    assert first.json["ClientRequestToken"] == second.json["ClientRequestToken"]
+    assert third.json["ClientRequestToken"] != second.json["ClientRequestToken"]
+    assert logids(third) == ["1", "2"] and result.applied == 2
+
+
+@pytest.mark.parametrize("kind", ["wire", "boto3"])
+def test_a_transaction_refused_as_a_whole_is_halved_until_the_refused_row_is_alone(
+    endpoint: Endpoint, kind: str
+) -> None:
+    def refuse_with_3(seen: Seen) -> Answer:
+        if "3" in logids(seen):
+            return error("ValidationException", "Item size has exceeded the maximum allowed size")
+        return Answer()
+
+    endpoint.default = refuse_with_3
+    planned = inserts(4)
+    result = transact_sink(endpoint, kind).write(planned)
+    assert [logids(s) for s in endpoint.seen] == [["1", "2", "3", "4"], ["1", "2"], ["3", "4"],
+                                                   ["3"], ["4"]]  # fmt: skip
+    assert result.applied == 3 and [w for w, _ in result.failed] == [planned[2]]
+
+
+def test_a_transaction_cancelled_for_a_systemic_reason_stops_the_batch(endpoint: Endpoint) -> None:
+    endpoint.script = [
+        cancelled_by(reason("None"), reason("ValidationError", "Missing the key SK"))
+    ]
+    with pytest.raises(SystemicSinkError):
+        transact_sink(endpoint, "wire").write(inserts(2))
+
+
+def test_settings_choose_the_guarded_lane() -> None:
+    assert DynamoSettings().guarded_lane == "single"
+    assert DynamoSettings(guarded_lane="transact").guarded_lane == "transact"

@@ -164,6 +164,9 @@ class FlakySink:
             raise self.error
         return SinkResult(applied=len(writes))
 
+    def commit_metadata(self) -> dict[tuple[str, int], str]:
+        return {}
+
     def close(self) -> None:
         pass
 
