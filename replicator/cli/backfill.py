@@ -82,6 +82,22 @@ def backfill(
         float | None,
         typer.Option(help="At most this many DynamoDB write units per second (all tables)."),
     ] = None,
+    lane: Annotated[
+        str,
+        typer.Option(
+            help="auto: the batch lane (unconditional BatchWriteItem) into a table other than "
+            "the live one that the backfill created or found empty, else guarded writes; "
+            "batch: the batch lane or a refusal; guarded: guarded writes only.",
+        ),
+    ] = "auto",
+    handoff: Annotated[
+        bool,
+        typer.Option(
+            "--handoff",
+            help="Once a load into the live consumer's table has ended, set the live group's "
+            "offsets there, so `run` goes on from where the load ended.",
+        ),
+    ] = False,
 ) -> None:
     """Replay tables' compacted topics into DynamoDB through the consumer's pipeline, with a
     consumer group of their own: progress shown, resumable after a kill, stops at the ends
@@ -89,18 +105,30 @@ def backfill(
 
     if from_beginning and from_time is not None:
         raise ReplicatorError("--from-beginning and --from-time exclude each other")
+    if lane not in ("auto", "batch", "guarded"):
+        raise ReplicatorError(f"--lane {lane!r}: choose auto, batch or guarded")
     s = settings()
     # On a terminal the progress bar says how it goes; log lines would tear it.
     configure("WARNING" if err.is_terminal and s.log_level.upper() != "DEBUG" else s.log_level)
     jobs = plan_jobs(s, table, into)
     from_ms = parse_time(from_time) if from_time is not None else None
     runner = composition.backfill(
-        s, jobs, from_ms=from_ms, restart=restart, follow=follow, rate_limit=rate_limit
+        s,
+        jobs,
+        from_ms=from_ms,
+        restart=restart,
+        follow=follow,
+        rate_limit=rate_limit,
+        lane=lane,  # type: ignore[arg-type]
+        handoff=handoff,
     )
     for r in runner.running:
         done, total = r.progress()
         how = f"resuming at {done}/{total}" if r.summary.resumed else f"{total} record(s)"
-        say(f"{r.job.mapping.name} -> {r.job.target.name}: group {r.job.group_id}, {how}")
+        say(
+            f"{r.job.mapping.name} -> {r.job.target.name}: group {r.job.group_id}, {how}, "
+            f"{r.summary.lane} lane"
+        )
 
     def stop(_signum: int, _frame: Any) -> None:
         runner.stop()
@@ -163,11 +191,18 @@ def backfill(
                 f"so they could bring deleted rows back. `replicator verify --table {x.table} "
                 "--repair` rewrites what still differs, against PostgreSQL"
             )
+    for x in summaries:
+        if x.handed_over is not None:
+            at = ", ".join(f"partition {p} at {o}" for p, o in sorted(x.handed_over.items()))
+            say(f"{x.table}: handed over: the live group {s.kafka.group_id} goes on from {at}")
     failed = [x for x in summaries if x.error]
     if failed:
         raise ReplicatorError(
             "; ".join(f"{x.table}: {x.error}" for x in failed) + " (the same command resumes)"
         )
+    refused = [x for x in summaries if x.handoff_error]
+    if refused:
+        raise ReplicatorError("; ".join(x.handoff_error or "" for x in refused))
     if not all(x.finished for x in summaries) and not follow:
         say("stopped before the end; the same command resumes where it stopped")
         raise typer.Exit(130)

@@ -18,21 +18,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from replicator.config import Settings
+from replicator.core.events import Position
 from replicator.core.items import POS, SOURCE_MS, delete_marker, item_size
 from replicator.core.mapping import TableMapping
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.observe.lag import consumer_lag
 from replicator.ops.tables import ensure_table
+from replicator.stream.batch import high_water, is_batch_lane
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.pipeline import Pipeline
 from replicator.stream.sink import Write
-from replicator.stream.source import BoundedSource
+from replicator.stream.source import BoundedSource, Span
 
 log = structlog.get_logger("replicator.ops.backfill")
 
@@ -158,6 +162,102 @@ def plan_jobs(settings: Settings, tables: list[str] | None, into: str | None) ->
             ) from exc
         jobs.append(Job(mapping, target, group_for(settings, mapping, name)))
     return jobs
+
+
+# --- lanes ------------------------------------------------------------------------------------
+
+Lane = Literal["auto", "batch", "guarded"]
+
+
+def batch_lane_refusal(
+    job: Job, table_was: str, table_empty: bool, spans: list[Span]
+) -> str | None:
+    """Why the batch lane (unconditional BatchWriteItem puts, replicator.stream.batch) may not
+    write this load, or None when it may: the target is not the table the live consumer writes
+    and readers read, and the load starts on a table it created or found empty, or resumes a
+    load the batch lane began (its committed offsets say so; nobody else writes a backfill's
+    own table). Pure: the caller looked at the table and the group's offsets."""
+    if job.shares_live_table:
+        return (
+            f"{job.target.name} is the table the live consumer writes (and readers read, or "
+            "will): only guarded writes go there"
+        )
+    if table_was == "created" or table_empty:
+        return None
+    committed = [s for s in spans if s.metadata is not None or s.start > s.origin]
+    if committed and all(is_batch_lane(s.metadata) for s in committed):
+        return None  # a batch-lane load of this table, resumed
+    return (
+        f"{job.target.name} already holds items that this load did not write with the batch "
+        "lane: only guarded writes keep a newer item from being overwritten by an older one"
+    )
+
+
+def batch_marks(spans: list[Span]) -> dict[tuple[str, int], Position]:
+    """Each partition's newest position an earlier run of the batch-lane load wrote."""
+    marks = {}
+    for span in spans:
+        mark = high_water(span.metadata)
+        if mark is not None:
+            marks[(span.topic, span.partition)] = mark
+    return marks
+
+
+def _is_empty(client: Any, table: str) -> bool:
+    try:
+        page = client.scan(TableName=table, Limit=1, ConsistentRead=True)
+    except (ClientError, BotoCoreError) as exc:
+        raise ReplicatorError(f"DynamoDB table {table}: {exc}") from exc
+    return not page.get("Items") and not page.get("LastEvaluatedKey")
+
+
+# --- handing over to the live group -----------------------------------------------------------
+
+
+def handoff_offsets(
+    spans: list[Span],
+    loaded: dict[int, int],
+    live: dict[int, int],
+    low: dict[int, int],
+    table: str,
+    group: str,
+) -> dict[int, int]:
+    """The offsets to commit for the live group once a load into its table has finished: per
+    partition, where the load ended. Refused (ReplicatorError, nothing changed) when the live
+    group is ahead of the load on a partition (it applied more than the load: moving it back
+    would apply it all again, and moving only the others would not be one consistent hand-over)
+    or when the live group's position lies before where the load began (the records between
+    were applied by neither). ``loaded``: the load group's committed offsets; ``live``: the
+    live group's (-1: none, it would start at ``low``, the partition's first offset). Pure."""
+    out: dict[int, int] = {}
+    ahead, gaps = [], []
+    for span in spans:
+        p = span.partition
+        end = loaded.get(p, -1)
+        if end < 0:
+            end = span.end  # nothing to read there (start == end): ends where it began
+        at = live.get(p, -1)
+        position = at if at >= 0 else low.get(p, 0)
+        if position > end:
+            ahead.append(f"partition {p}: live group at {position}, load ended at {end}")
+        elif position < span.origin:
+            gaps.append(f"partition {p}: live group at {position}, load began at {span.origin}")
+        out[p] = end
+    if ahead:
+        raise ReplicatorError(
+            f"--handoff refused for {table}: the live consumer group {group} is ahead of the "
+            f"load ({'; '.join(ahead)}), so it has already applied more than the load did. Its "
+            "offsets are left as they are; nothing is lost (every write is guarded), and "
+            "`replicator run` goes on from its own offsets"
+        )
+    if gaps:
+        raise ReplicatorError(
+            f"--handoff refused for {table}: the load began after the live consumer group "
+            f"{group}'s position ({'; '.join(gaps)}), so the records between were applied by "
+            "neither. Load from the beginning (no --from-time) to hand over; the live group's "
+            "offsets are left as they are"
+        )
+    return out
 
 
 def parse_time(text: str) -> int:
@@ -292,6 +392,9 @@ class Summary:
     finished: bool = False
     live: LiveLag | None = None
     error: str | None = None
+    lane: str = "guarded"  # "batch": unconditional BatchWriteItem puts (replicator.stream.batch)
+    handed_over: dict[int, int] | None = None  # the live group's new offsets, per partition
+    handoff_error: str | None = None  # why --handoff left the live group's offsets alone
 
     @property
     def rate(self) -> float:
@@ -324,9 +427,14 @@ class Backfill:
         restart: bool = False,
         follow: bool = False,
         rate_limit: float | None = None,
+        lane: Lane = "auto",
+        handoff: bool = False,
         build: Callable[..., Pipeline],
     ) -> None:
         self.settings = settings
+        self.handoff = handoff
+        if handoff:
+            _check_handoff(settings, jobs, follow)
         self.stopping = threading.Event()
         self.bucket = TokenBucket(rate_limit) if rate_limit is not None else None
         kafka = settings.kafka
@@ -357,6 +465,26 @@ class Backfill:
                     follow=follow,
                 )
                 summary = Summary(job.mapping.name, job.target.name, job.group_id, source.resumed)
+                marks = None
+                try:
+                    if lane != "guarded":
+                        empty = did == "exists" and _is_empty(client, job.target.name)
+                        refusal = batch_lane_refusal(job, did, empty, source.spans)
+                        if refusal is not None and lane == "batch":
+                            raise ConfigError(
+                                f"--lane batch refused for {job.mapping.name}: {refusal}. The "
+                                "batch lane writes without the position guard, so it only "
+                                "loads a table that nobody reads and nobody else writes and "
+                                "that this load created or found empty; leave --lane out "
+                                "(the guarded lane writes any table safely)"
+                            )
+                        if refusal is None:
+                            marks = batch_marks(source.spans)
+                            summary.lane = "batch"
+                except BaseException:
+                    source.close()
+                    raise
+                log.info("backfill lane", table=job.mapping.name, lane=summary.lane)
                 live = (
                     LiveYield(settings, job.mapping.name, self.stopping)
                     if job.shares_live_table
@@ -368,6 +496,7 @@ class Backfill:
                         source=source,
                         before_write=self._gate(live),
                         refuse_older_than_horizon=job.refuses_old_events,
+                        batch_lane=marks,
                     )
                 except BaseException:
                     source.close()
@@ -444,6 +573,13 @@ class Backfill:
         try:
             pipeline.run(until=lambda _stats: source.finished)
             summary.finished = source.finished
+            if self.handoff and summary.finished:
+                summary.refused = pipeline.stats.refused
+                try:
+                    summary.handed_over = _hand_over_running(self.settings, running)
+                except ReplicatorError as exc:  # the load itself is done: said apart
+                    log.error("hand-over refused", table=summary.table, error=str(exc)[:500])
+                    summary.handoff_error = str(exc)
         except Exception as exc:  # reported in the summary; the other tables go on
             log.error("backfill failed", table=summary.table, error=str(exc)[:500])
             summary.error = str(exc)
@@ -457,3 +593,92 @@ class Backfill:
             summary.refused = stats.refused
             summary.seconds = time.monotonic() - started
             summary.live = running.live.seen if running.live is not None else None
+
+
+# --- handing over ---------------------------------------------------------------------------
+
+
+def _check_handoff(settings: Settings, jobs: list[Job], follow: bool) -> None:
+    """What --handoff needs before the load starts: a load into the live consumer's own table
+    that ends, and no live consumer running (a group with members cannot be handed offsets)."""
+    if follow:
+        raise ConfigError(
+            "--handoff and --follow exclude each other: a hand-over needs the load to end"
+        )
+    for job in jobs:
+        if not job.shares_live_table:
+            raise ConfigError(
+                f"--handoff hands the live consumer group ({settings.kafka.group_id}) the "
+                f"offsets where a load into its own table ended, but this load writes "
+                f"{job.target.name}, not {job.mapping.name}: leave out --into (or --handoff)"
+            )
+    if _group_has_members(settings, settings.kafka.group_id):
+        raise ConfigError(
+            f"--handoff: the live consumer group {settings.kafka.group_id} has members (a "
+            "`replicator run` is consuming): stop it first, so that its offsets can be set when "
+            "the load ends, or leave out --handoff"
+        )
+
+
+def _committed(settings: Settings, group: str, topic: str, partitions: list[int]) -> dict:
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
+    )
+    asked = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    (future,) = admin.list_consumer_group_offsets([asked], request_timeout=10).values()
+    return {tp.partition: tp.offset for tp in future.result().topic_partitions}
+
+
+def _hand_over_offsets(settings: Settings, topic: str, offsets: dict[int, int]) -> None:
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
+    )
+    given = ConsumerGroupTopicPartitions(
+        settings.kafka.group_id, [TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
+    )
+    (future,) = admin.alter_consumer_group_offsets([given], request_timeout=10).values()
+    result = future.result()
+    failed = [tp for tp in result.topic_partitions if tp.error is not None]
+    if failed:
+        raise ReplicatorError(
+            f"--handoff: Kafka refused the live group's offsets: {failed[0].error}"
+        )
+
+
+def _hand_over_running(settings: Settings, running: Running) -> dict[int, int]:
+    """Set the live group's committed offsets on the table's topic to where the finished load
+    ended (replicator.ops.backfill.handoff_offsets says when that is refused)."""
+    job, source, summary = running.job, running.source, running.summary
+    group = settings.kafka.group_id
+    if summary.refused:
+        raise ReplicatorError(
+            f"--handoff refused for {job.mapping.name}: {summary.refused} event(s) older than "
+            "the no-resurrection horizon were not applied by the load, and the live group "
+            "would apply them: its offsets are left as they are"
+        )
+    if _group_has_members(settings, group):
+        raise ReplicatorError(
+            f"--handoff refused for {job.mapping.name}: the live consumer group {group} got "
+            "members while the load ran; its offsets are left as they are (the guard makes "
+            "its re-reading harmless)"
+        )
+    topic = settings.topic_of(job.mapping)
+    partitions = [s.partition for s in source.spans]
+    try:
+        loaded = _committed(settings, job.group_id, topic, partitions)
+        live = _committed(settings, group, topic, partitions)
+        low = {
+            p: source.consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[0]
+            for p in partitions
+        }
+        offsets = handoff_offsets(source.spans, loaded, live, low, job.mapping.name, group)
+        _hand_over_offsets(settings, topic, offsets)
+    except KafkaException as exc:
+        raise ReplicatorError(f"--handoff: Kafka did not answer: {exc.args[0]}") from exc
+    log.info(
+        "handed over to the live group",
+        table=job.mapping.name,
+        group=group,
+        **{f"p{p}": o for p, o in offsets.items()},
+    )
+    return offsets
