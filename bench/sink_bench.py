@@ -2,6 +2,7 @@
 the local DynamoDB endpoint, for the sink on the wire client, the sink on boto3's client, a naive
 sink (one boto3 conditional put_item per event, sequential), and decode + map alone.
 
+    .venv/bin/python bench/sink_bench.py --quick              # no services: the lanes, < 2 min
     ./dev setup && .venv/bin/replicator stack up
     .venv/bin/python bench/sink_bench.py run                  # all cases, 3 runs each, medians
     .venv/bin/python bench/sink_bench.py run --events 10000 --cases abcd --runs 5
@@ -11,6 +12,13 @@ Cases: (a) DynamoSink on the wire client, (b) DynamoSink on boto3's client, (c) 
 on the wire client and on boto3's; (g, h) the wire sink and wire transactions against a keep-alive
 stub endpoint started as a child process, which answers ``{}`` at once: the client's own CPU
 when connections are reused, as DynamoDB reuses them (moto's server closes every connection).
+
+``--quick`` needs no service: against the stub only, the naive sink (one boto3 conditional
+put_item per event, sequential), the batch lane (replicator.stream.batch) and both guarded lanes
+(``dynamodb.guarded_lane`` single and transact), each end to end per poll-sized batch (decode,
+map, plan, write, the offsets to commit), interleaved runs, medians; then requests and write
+units per change, and one last line: ``batch lane: X us/event (Y x less than naive); guarded
+lane: Z us/event (W x less than naive)`` (the guarded lane the settings choose).
 
 CPU is ``time.process_time()`` of this process only (all its threads: the sink's pool included;
 not moto's, PostgreSQL's or Kafka's). Every case writes into fresh tables of its own (moto slows
@@ -31,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import gzip
+import math
 import statistics
 import subprocess
 import sys
@@ -48,13 +57,16 @@ from botocore.exceptions import ClientError
 from replicator.config import Settings, load_settings
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent, Origin
+from replicator.core.items import POS, SOURCE_MS, item_size
 from replicator.core.mapping import TableMapping
 from replicator.ops.tables import ensure_table
+from replicator.stream.batch import BatchSink, put_request
+from replicator.stream.checkpoint import next_offsets
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.dynamo_wire import DynamoWireClient
 from replicator.stream.pipeline import to_change
 from replicator.stream.retry import RetryPolicy
-from replicator.stream.sink import Change, DynamoSink, action, plan
+from replicator.stream.sink import Change, DynamoSink, Write, action, plan
 
 FIXTURE = Path(__file__).with_name("envelopes.jsonl.gz")
 LOGS_TOPIC = "loans.dbo.integrationlogs"
@@ -313,6 +325,141 @@ def stub_endpoint() -> Iterator[str]:
         proc.wait(10)
 
 
+# --- --quick: the lanes end to end against the stub, no services ------------------------------
+
+
+class Msg:
+    """What the commit step reads of a Kafka message (topic, partition, offset)."""
+
+    __slots__ = ("rec",)
+
+    def __init__(self, rec: Rec) -> None:
+        self.rec = rec
+
+    def topic(self) -> str:
+        return self.rec.topic
+
+    def partition(self) -> int:
+        return self.rec.partition
+
+    def offset(self) -> int:
+        return self.rec.offset
+
+
+def quick_lane(mapping: TableMapping, records: list[Rec], sink: Any) -> None:
+    """decode -> map -> plan -> write -> the offsets to commit, per poll-sized batch, as the
+    pipeline does (the commit request itself needs a broker: not made)."""
+    messages = [Msg(r) for r in records]
+    for start in range(0, len(records), BATCH):
+        result = sink.write(plan(changes_of(mapping, records[start : start + BATCH])))
+        assert result.applied + result.stale >= 1 and not result.failed, result
+        next_offsets(messages[start : start + BATCH], sink.commit_metadata())  # type: ignore[arg-type]
+
+
+def quick_naive(mapping: TableMapping, records: list[Rec], client: Any) -> None:
+    """One boto3 conditional PutItem per event, sequential; offsets as above."""
+    messages = [Msg(r) for r in records]
+    for start in range(0, len(records), BATCH):
+        case_naive(mapping, records[start : start + BATCH], client)
+        next_offsets(messages[start : start + BATCH])  # type: ignore[arg-type]
+
+
+def size_units(writes: list[Write], now_s: int) -> tuple[int, int]:
+    """Write units of the items as the lanes store them (with _pos and _src_ms), and of the
+    items' own attributes alone: DynamoDB charges ceil(size / 1 KB) per item put."""
+    stored = own = 0
+    for write in writes:
+        item = put_request(write, now_s)["PutRequest"]["Item"]
+        stored += max(1, math.ceil(item_size(item) / 1024))
+        bare = {k: v for k, v in item.items() if k not in (POS, SOURCE_MS)}
+        own += max(1, math.ceil(item_size(bare) / 1024))
+    return stored, own
+
+
+def quick(args: argparse.Namespace) -> None:
+    settings = load_settings(None)
+    dyn = settings.dynamodb
+    base = next(m for m in settings.tables if m.source == "dbo.integrationlogs")
+    records = log_inserts(args.events)
+    concurrency = dyn.concurrency
+    retry = RetryPolicy.from_settings(dyn)
+    print(
+        f"--quick: {args.events} IntegrationLogs inserts ({args.naive_events} for naive), "
+        f"{args.runs} runs per case, interleaved; sink concurrency {concurrency}; a keep-alive "
+        "stub endpoint in a child process answers {} at once; CPU is this process's "
+        "(time.process_time, all threads)",
+        flush=True,
+    )
+    with stub_endpoint() as url:
+        stub_dyn = dyn.model_copy(update={"endpoint_url": url})
+
+        def wire() -> DynamoWireClient:
+            return DynamoWireClient.from_settings(stub_dyn, concurrency, retry)
+
+        def guarded(lane: str) -> Callable[[], DynamoSink]:
+            return lambda: DynamoSink(wire(), concurrency, retry, lane)  # type: ignore[arg-type]
+
+        def batch() -> BatchSink:
+            client = wire()
+            return BatchSink(client, DynamoSink(client, concurrency, retry), concurrency, retry)
+
+        cases = {
+            "naive": (quick_naive, lambda: dynamodb_client(stub_dyn, 1), args.naive_events),
+            "batch lane": (quick_lane, batch, args.events),
+            "guarded lane, single": (quick_lane, guarded("single"), args.events),
+            "guarded lane, transact": (quick_lane, guarded("transact"), args.events),
+        }
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
+        for round_ in range(args.runs):
+            for name, (run_case, make, events) in cases.items():
+                target = make()
+                try:
+                    started = time.process_time()
+                    run_case(base, records[:events], target)
+                    cpu[name].append((time.process_time() - started) / events * 1e6)
+                finally:
+                    close = getattr(target, "close", None)
+                    if close is not None:
+                        close()
+                print(f"  run {round_ + 1} {name:<24} {cpu[name][-1]:8.1f} us/event", flush=True)
+    median = {name: statistics.median(runs) for name, runs in cpu.items()}
+    naive = median["naive"]
+    requests = {
+        "naive": 1.0,
+        "batch lane": 1 / 25,
+        "guarded lane, single": 1.0,
+        "guarded lane, transact": 1 / 100,
+    }
+    stored, own = size_units(plan(changes_of(base, records)), int(time.time()))
+    units = {
+        "naive": stored / len(records),
+        "batch lane": stored / len(records),
+        "guarded lane, single": stored / len(records),
+        "guarded lane, transact": 2 * stored / len(records),
+    }
+    print(
+        f"\n{'case':<24} {'CPU us/event':>13} {'vs naive':>9} {'requests/event':>15} "
+        f"{'write units/change':>19} {'vs own size':>12}"
+    )
+    for name in cases:
+        ratio = units[name] * len(records) / own
+        print(
+            f"{name:<24} {median[name]:>13.1f} {naive / median[name]:>8.1f}x "
+            f"{requests[name]:>15.2f} {units[name]:>19.3f} {ratio:>11.3f}x"
+        )
+    default = f"guarded lane, {dyn.guarded_lane}"
+    print(
+        f"(guarded lane in the line below: the default, dynamodb.guarded_lane {dyn.guarded_lane};"
+        " write units per change for a fresh item, without stale writes; own size: the item's"
+        " attributes without _pos and _src_ms)"
+    )
+    print(
+        f"batch lane: {median['batch lane']:.0f} us/event "
+        f"({naive / median['batch lane']:.1f} x less than naive); guarded lane: "
+        f"{median[default]:.0f} us/event ({naive / median[default]:.1f} x less than naive)"
+    )
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -385,7 +532,15 @@ def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="no services: naive, batch lane and guarded lanes against the stub endpoint",
+    )
+    parser.add_argument("--events", type=int, default=20_000, help="--quick: events per lane")
+    parser.add_argument("--naive-events", type=int, default=3_000, help="--quick: for naive")
+    parser.add_argument("--runs", type=int, default=3, help="--quick: runs per case")
+    sub = parser.add_subparsers(dest="command")
     p_run = sub.add_parser("run", help="run the benchmark")
     p_run.add_argument("--events", type=int, default=20_000)
     p_run.add_argument("--naive-events", type=int, default=5_000)
@@ -406,7 +561,11 @@ def main() -> None:
     p_stub = sub.add_parser("stub", help=argparse.SUPPRESS)
     p_stub.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    if args.command == "capture":
+    if args.quick:
+        quick(args)
+    elif args.command is None:
+        parser.error("give --quick or a command (run, capture)")
+    elif args.command == "capture":
         capture(load_settings(None), args.insert, args.logs, args.payments)
     elif args.command == "stub":
         stub(args.port)
