@@ -460,6 +460,83 @@ def quick(args: argparse.Namespace) -> None:
     )
 
 
+# --- lanes: latency and write units against the local endpoint -------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def lanes(args: argparse.Namespace) -> None:
+    """Both guarded lanes and the batch lane into the configured endpoint (the local stack's
+    dynoxide): per request and per poll-sized batch p50/p99 latency, requests, the write units
+    DynamoDB reported, CPU per event; each lane into a fresh table of its own, interleaved."""
+    settings = load_settings(None)
+    dyn = settings.dynamodb
+    base = next(m for m in settings.tables if m.source == "dbo.integrationlogs")
+    records = log_inserts(args.events)
+    retry = RetryPolicy.from_settings(dyn)
+    admin = dynamodb_client(dyn)
+
+    def guarded(lane: str) -> Callable[[], DynamoSink]:
+        def make() -> DynamoSink:
+            return DynamoSink(DynamoWireClient.from_settings(dyn, 16, retry), 16, retry, lane)  # type: ignore[arg-type]
+
+        return make
+
+    def batch() -> BatchSink:
+        client = DynamoWireClient.from_settings(dyn, 16, retry)
+        return BatchSink(client, DynamoSink(client, 16, retry), 16, retry)
+
+    makers = {"single": guarded("single"), "transact": guarded("transact"), "batch": batch}
+    print(f"{args.events} IntegrationLogs inserts per lane, {args.runs} runs, {dyn.endpoint_url}")
+    seen: dict[str, dict[str, list[float]]] = {}
+    for round_ in range(args.runs):
+        for name, make in makers.items():
+            mapping = base.model_copy(update={"name": f"{base.name}_lane{uuid.uuid4().hex[:8]}"})
+            ensure_table(admin, mapping)
+            sink = make()
+            requests: list[float] = []
+            batch_s: list[float] = []
+            units = 0.0
+            try:
+                cpu = time.process_time()
+                wall = time.perf_counter()
+                for chunk in batches(records):
+                    started = time.perf_counter()
+                    result = sink.write(plan(changes_of(mapping, chunk)))
+                    batch_s.append(time.perf_counter() - started)
+                    assert not result.failed, result.failed[:1]
+                    part = result.tables[mapping.name]
+                    requests += part.write_s
+                    units += part.capacity
+                cpu = (time.process_time() - cpu) / len(records) * 1e6
+                wall = time.perf_counter() - wall
+            finally:
+                sink.close()
+                with contextlib.suppress(admin.exceptions.ResourceNotFoundException):
+                    admin.delete_table(TableName=mapping.name)
+            row = seen.setdefault(name, {})
+            for key, value in (
+                ("cpu", cpu),
+                ("rate", len(records) / wall),
+                ("req/event", len(requests) / len(records)),
+                ("req p50 ms", pct(requests, 0.5) * 1e3),
+                ("req p99 ms", pct(requests, 0.99) * 1e3),
+                ("batch p50 ms", pct(batch_s, 0.5) * 1e3),
+                ("batch p99 ms", pct(batch_s, 0.99) * 1e3),
+                ("WU/event", units / len(records)),
+            ):
+                row.setdefault(key, []).append(value)
+            print(f"  run {round_ + 1} {name:<9} " + "  ".join(
+                f"{k} {v[-1]:.3g}" for k, v in row.items()))  # fmt: skip
+    keys = list(next(iter(seen.values())))
+    print("\nmedians\n" + f"{'lane':<9} " + " ".join(f"{k:>12}" for k in keys))
+    for name, row in seen.items():
+        print(f"{name:<9} " + " ".join(f"{statistics.median(v):>12.3g}" for v in row.values()))
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -537,8 +614,8 @@ def main() -> None:
         action="store_true",
         help="no services: naive, batch lane and guarded lanes against the stub endpoint",
     )
-    parser.add_argument("--events", type=int, default=20_000, help="--quick: events per lane")
-    parser.add_argument("--naive-events", type=int, default=3_000, help="--quick: for naive")
+    parser.add_argument("--events", type=int, default=10_000, help="--quick: events per lane")
+    parser.add_argument("--naive-events", type=int, default=2_000, help="--quick: for naive")
     parser.add_argument("--runs", type=int, default=3, help="--quick: runs per case")
     sub = parser.add_subparsers(dest="command")
     p_run = sub.add_parser("run", help="run the benchmark")
@@ -554,6 +631,9 @@ def main() -> None:
         "to a TransactWriteItems (not the sink's strategy) on wire and boto3; g, h: the wire "
         "sink and wire transactions against a keep-alive stub endpoint (client CPU only)",
     )
+    p_lanes = sub.add_parser("lanes", help="the lanes' latency and write units, local endpoint")
+    p_lanes.add_argument("--events", type=int, default=5_000)
+    p_lanes.add_argument("--runs", type=int, default=3)
     p_cap = sub.add_parser("capture", help="record the envelope fixture from the topics")
     p_cap.add_argument("--insert", type=int, default=0, help="rows to insert first (Workload)")
     p_cap.add_argument("--logs", type=int, default=2500)
@@ -565,6 +645,8 @@ def main() -> None:
         quick(args)
     elif args.command is None:
         parser.error("give --quick or a command (run, capture)")
+    elif args.command == "lanes":
+        lanes(args)
     elif args.command == "capture":
         capture(load_settings(None), args.insert, args.logs, args.payments)
     elif args.command == "stub":

@@ -51,10 +51,12 @@ _MARKER_NOW_S = 1_999_999_999
 # --- write units (pure) ---------------------------------------------------------------------
 
 
-def write_units(writes: list[Write]) -> int:
+def write_units(writes: list[Write], lane: str = "single") -> int:
     """Write units a planned batch will consume: ceil(size / 1 KB) per item written, doubled for
-    the writes of a key move (one transaction; DynamoDB charges transactional writes twice).
-    A delete marker is one unit. Estimated before writing, so a rate limit can wait first."""
+    the writes of a key move (one transaction; DynamoDB charges transactional writes twice),
+    and for every write in the transact lane (``dynamodb.guarded_lane: transact``); the batch
+    lane writes a key move as plain puts, once each. A delete marker is one unit. Estimated
+    before writing, so a rate limit can wait first."""
     per_unit: dict[tuple[Any, ...], int] = {}
     for write in writes:
         per_unit[write.origins] = per_unit.get(write.origins, 0) + 1
@@ -65,7 +67,9 @@ def write_units(writes: list[Write]) -> int:
         else:
             size = item_size(write.item)
         units = max(1, math.ceil((size + _META_BYTES) / 1024))
-        total += units * (2 if per_unit[write.origins] > 1 else 1)
+        moved = per_unit[write.origins] > 1
+        twice = lane == "transact" or (moved and lane != "batch")
+        total += units * (2 if twice else 1)
     return total
 
 
@@ -491,10 +495,11 @@ class Backfill:
                     else None
                 )
                 try:
+                    units_lane = "batch" if marks is not None else settings.dynamodb.guarded_lane
                     pipeline = build(
                         own,
                         source=source,
-                        before_write=self._gate(live),
+                        before_write=self._gate(live, units_lane),
                         refuse_older_than_horizon=job.refuses_old_events,
                         batch_lane=marks,
                     )
@@ -506,14 +511,14 @@ class Backfill:
             self.close()
             raise
 
-    def _gate(self, live: LiveYield | None) -> Callable[[list[Write]], None]:
+    def _gate(self, live: LiveYield | None, lane: str) -> Callable[[list[Write]], None]:
         bucket, stopping = self.bucket, self.stopping
 
         def before_write(writes: list[Write]) -> None:
             if live is not None:
                 live()
             if bucket is not None:
-                wait = bucket.take(write_units(writes))
+                wait = bucket.take(write_units(writes, lane))
                 if wait > 0:
                     stopping.wait(wait)
 

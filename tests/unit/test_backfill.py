@@ -47,6 +47,9 @@ def test_write_units_round_up_per_kb_and_double_key_moves() -> None:
     move_new = _write(s, {"PK": {"S": "a"}, "X": {"S": "x" * 100}}, origin=9)
     move_old = _write(s, None, origin=9)
     assert write_units([move_new, move_old]) == 4
+    # The batch lane puts both without a transaction; the transact lane doubles every write.
+    assert write_units([move_new, move_old], "batch") == 2
+    assert write_units([small, big, marker], "transact") == 10
 
 
 def test_token_bucket_waits_for_debt() -> None:
