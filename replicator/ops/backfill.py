@@ -472,7 +472,11 @@ class Backfill:
                 marks = None
                 try:
                     if lane != "guarded":
-                        empty = did == "exists" and _is_empty(client, job.target.name)
+                        empty = (
+                            did == "exists"
+                            and not job.shares_live_table
+                            and _is_empty(client, job.target.name)
+                        )
                         refusal = batch_lane_refusal(job, did, empty, source.spans)
                         if refusal is not None and lane == "batch":
                             raise ConfigError(

@@ -1,5 +1,6 @@
-"""A backfill of 100k rows, SIGKILLed half-way and run again, resumes from its committed offsets
-(reads only what is left) and leaves DynamoDB equal to PostgreSQL, row by row. The rows live in
+"""A backfill of 100k rows into a new table (the batch lane), SIGKILLed half-way and run again,
+resumes from its committed offsets (reads only what is left, still in the batch lane) and leaves
+DynamoDB equal to PostgreSQL, row by row. The rows live in
 a source of its own (database, connector, topics), so the shared topics stay small for the
 other tests; everything is removed at the end."""
 
@@ -37,7 +38,7 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
         probe.close()
 
 
-# 100k guarded writes into the local endpoint: under 3 min on a 2-core machine.
+# 100k batch-lane puts into the local endpoint: about 3 min on a busy 2-core machine.
 @pytest.mark.timeout(3600)
 def test_backfill_killed_half_way_resumes_and_matches_postgres(
     settings: Settings, consumer_factory: Any, dynamodb: Any, tmp_path: Any
@@ -97,10 +98,13 @@ def test_backfill_killed_half_way_resumes_and_matches_postgres(
                     first.kill()
             at_kill = committed(own.kafka.bootstrap_servers, group, topic)
             assert ROWS // 2 <= at_kill < ROWS, at_kill
+            said = " ".join(log.read_text().split())  # rich wraps long lines
+            assert f"-> {target}: group" in said and "batch lane" in said
 
             second = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=2400)
             assert second.returncode == 0, second.stderr[-3000:]
-            assert f"resuming at {at_kill}/{ROWS}" in second.stderr.replace("\n", " ")
+            said = " ".join(second.stderr.split())
+            assert f"resuming at {at_kill}/{ROWS}, batch lane" in said  # the load's own lane
             events = int(re.search(r"done, (\d+) events", second.stdout).group(1))
             assert events == ROWS - at_kill  # only what was left was read again
             assert committed(own.kafka.bootstrap_servers, group, topic) == ROWS
