@@ -207,7 +207,8 @@ class DynamoSettings(_Section):
         "single",
         description="how the guarded lane sends rows that did not move: 'single', one "
         "conditional PutItem each (1x write units); 'transact', up to 100 independent rows to a "
-        "TransactWriteItems, each still guarded (about a fifth of the client CPU, 2x write units)",
+        "TransactWriteItems, each still guarded (a quarter of the client CPU or less, 2x write "
+        "units)",
     )
 
     @field_validator("endpoint_url")
