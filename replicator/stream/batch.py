@@ -155,7 +155,10 @@ class BatchSink:
         result = self.guarded.write(guarded) if guarded else SinkResult()
         if fast:
             now_s = int(time.time())
-            requests = requests_of(fast)
+            per_table: dict[str, list[Unit]] = {}
+            for unit in fast:  # one table per request: its items, its unprocessed ones
+                per_table.setdefault(unit[0].mapping.name, []).append(unit)
+            requests = [r for units in per_table.values() for r in requests_of(units)]
             lanes = [
                 requests[i :: self.concurrency] for i in range(min(self.concurrency, len(requests)))
             ]

@@ -258,3 +258,37 @@ def test_dynamo_sink_on_the_wire_client_matches_boto3(
         Decimal(i["PaymentAmount"]["N"]) for i in wire_state.values() if "PaymentAmount" in i
     }
     assert {Decimal("0.10"), Decimal("99999999.99"), Decimal("-5.00")} <= amounts
+
+
+@pytest.mark.parametrize("lane", ["transact", "batch"])
+def test_the_other_lanes_end_in_the_same_state_as_single_guarded_writes(
+    settings: Settings, dynamodb: Any, lane: str
+) -> None:
+    """The same stream through the transact lane or the batch lane leaves every item as single
+    guarded writes leave it, with the same counts: the replayed first batch is all stale (the
+    batch lane sends it through the guard: older than what it wrote from that partition)."""
+    from replicator.stream.batch import BatchSink
+
+    run = uuid.uuid4().hex[:6]
+    sets = {"single": renamed(f"_lsingle{run}"), lane: renamed(f"_l{lane}{run}")}
+    made = [m for mappings in sets.values() for m in mappings.values()]
+    outcomes: dict[str, list[tuple[int, int, int]]] = {}
+    batches = scenario()  # one stream, the same positions for both
+    try:
+        for mapping in made:
+            ensure_table(dynamodb, mapping)
+        for name in sets:
+            client = DynamoWireClient.from_settings(settings.dynamodb)
+            guarded = DynamoSink(client, 8, lane="transact" if name == "transact" else "single")
+            sink = BatchSink(client, guarded, 8) if name == "batch" else guarded
+            try:
+                results = [sink.write(writes(sets[name], *batch)) for batch in batches]
+            finally:
+                sink.close()
+            outcomes[name] = [(r.applied, r.stale, len(r.failed)) for r in results]
+        assert outcomes[lane] == outcomes["single"] == [(17, 0, 0), (7, 0, 0), (0, 17, 0)]
+        assert table_state(dynamodb, sets[lane]) == table_state(dynamodb, sets["single"])
+    finally:
+        for mapping in made:
+            with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
+                dynamodb.delete_table(TableName=mapping.name)

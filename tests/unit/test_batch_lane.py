@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from factories import Record, create_record, delete_record, log_row, update_record
+from factories import (
+    Record,
+    create_record,
+    delete_record,
+    log_row,
+    payment_row,
+    update_record,
+)
 
 from replicator.config import default_tables
 from replicator.core.decode import decode
@@ -32,12 +39,24 @@ def writes(*records: Record) -> list[Write]:
     for rec in records:
         event = decode(rec.key, rec.value, rec.origin)
         assert isinstance(event, ChangeEvent)
-        changes.append(to_change(MAPPINGS[event.table], event))
+        mapping = MAPPINGS[event.table]
+        for row in (event.row, event.before):
+            if row is not None and mapping.lookups:
+                row["customerid"] = 77  # as the enrichment lookup gives it
+        changes.append(to_change(mapping, event))
     return plan(changes)
 
 
 def refusal(code: str, message: str) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": message}}, "BatchWriteItem")
+
+
+def where(item: dict[str, Any]) -> str:
+    """An item's key, whichever table."""
+    return str(sorted((k, v) for k, v in item.items() if k in KEY_ATTRIBUTES))
+
+
+KEY_ATTRIBUTES = {a for m in MAPPINGS.values() for a in m.key_attributes}
 
 
 class Client:
@@ -53,7 +72,7 @@ class Client:
 
     def batch_write_item(self, **request: Any) -> dict[str, Any]:
         ((table, puts),) = request["RequestItems"].items()
-        assert table == TABLE and len(puts) <= 25
+        assert table in {m.name for m in MAPPINGS.values()} and len(puts) <= 25
         self.batches.append(puts)
         answer = self.script.pop(0) if self.script else {}
         if callable(answer):
@@ -64,19 +83,18 @@ class Client:
         for put in puts:
             if id(put) not in left:
                 item = put["PutRequest"]["Item"]
-                self.stored[str(sorted((k, item[k]) for k in ("PK", "SK")))] = item[POS]["S"]
+                self.stored[where(item)] = item[POS]["S"]
         return answer
 
     def put_item(self, **request: Any) -> dict[str, Any]:
         self.puts.append(request)
         item = request["Item"]
-        where = str(sorted((k, item[k]) for k in ("PK", "SK")))
-        stored = self.stored.get(where)
+        stored = self.stored.get(where(item))
         if stored is not None and not stored < request["ExpressionAttributeValues"][":pos"]["S"]:
             raise ClientError(
                 {"Error": {"Code": "ConditionalCheckFailedException", "Message": "no"}}, "PutItem"
             )
-        self.stored[where] = request["ExpressionAttributeValues"][":pos"]["S"]
+        self.stored[where(item)] = request["ExpressionAttributeValues"][":pos"]["S"]
         return {}
 
     def update_item(self, **request: Any) -> dict[str, Any]:
@@ -122,6 +140,18 @@ def test_delete_markers_and_key_move_markers_are_puts_in_the_rows_request() -> N
     assert b["PutRequest"]["Item"]["PK"]["S"].startswith(row["servicename"])
     assert c["PutRequest"]["Item"][DELETED] == {"BOOL": True}
     assert a["PutRequest"]["Item"][POS] == b["PutRequest"]["Item"][POS]
+
+
+def test_each_request_writes_one_table() -> None:
+    client = Client()
+    logs = inserts(3)
+    pays = [create_record("dbo.payments", payment_row(paymentid=i)) for i in (1, 2)]
+    planned = writes(logs[0], pays[0], logs[1], pays[1], logs[2])
+    result = lane(client).write(planned)
+    assert result.applied == 5
+    assert sorted(len(b) for b in client.batches) == [2, 3]
+    for batch in client.batches:
+        assert len({"LogId" in p["PutRequest"]["Item"] for p in batch}) == 1
 
 
 def test_a_unit_stays_whole_in_one_request() -> None:
