@@ -5,6 +5,7 @@ Outside CI. Against a DynamoDB endpoint of its own (a dynoxide server it starts 
 
     ./dev setup && .venv/bin/replicator stack up
     .venv/bin/python bench/backfill_bench.py --rows 1000000 --runs 1
+    .venv/bin/python bench/backfill_bench.py --rows 100000 --runs 1 --lane batch --lane guarded
     .venv/bin/python bench/backfill_bench.py --rows 100000 --runs 1 --baseline
     .venv/bin/python bench/backfill_bench.py --rows 30000 --runs 0 --live
 
@@ -300,6 +301,13 @@ def main() -> None:
         action="store_true",
         help="also replay the topic with a naive consumer (sequential boto3 PutItem) to compare",
     )
+    parser.add_argument(
+        "--lane",
+        action="append",
+        choices=["auto", "batch", "guarded"],
+        help="backfill --lane for the runs (repeat it to compare lanes; default auto: the batch "
+        "lane, the target being new)",
+    )
     parser.add_argument("--live", action="store_true", help="also the live-lag run")
     parser.add_argument("--live-rate", type=float, default=20.0, help="live inserts per second")
     parser.add_argument("--live-burst", type=int, default=3000, help="rows inserted at once")
@@ -340,18 +348,20 @@ def run_all(args: argparse.Namespace, settings: Settings, endpoint: str) -> None
         )
         results = []
         for run in range(args.runs):
-            target = f"IntegrationLogs_bench{run}"
-            seconds, rss, cpu, out = backfill(
-                config, "--table", "dbo.integrationlogs", "--into", target, "--restart"
-            )
-            events, wall = rate_of(out)
-            results.append((events / wall, rss, cpu * 1000 / events))
-            say(
-                f"run {run + 1}: {events} events in {wall:.0f}s = {events / wall:.0f}/s, "
-                f"peak RSS {rss} MB, CPU {cpu * 1000 / events:.2f} ms/event "
-                f"(process {seconds:.0f}s)"
-            )
-            drop_table(client, target)
+            for lane in args.lane or ["auto"]:  # interleaved, so drift hits every lane
+                target = f"IntegrationLogs_bench{run}{lane}"
+                seconds, rss, cpu, out = backfill(
+                    config, "--table", "dbo.integrationlogs", "--into", target, "--restart",
+                    "--lane", lane,
+                )  # fmt: skip
+                events, wall = rate_of(out)
+                results.append((events / wall, rss, cpu * 1000 / events))
+                say(
+                    f"run {run + 1}, --lane {lane}: {events} events in {wall:.0f}s = "
+                    f"{events / wall:.0f}/s, peak RSS {rss} MB, CPU "
+                    f"{cpu * 1000 / events:.2f} ms/event (process {seconds:.0f}s)"
+                )
+                drop_table(client, target)
         if results:
             rates = [r[0] for r in results]
             say(
