@@ -644,7 +644,7 @@ def main() -> None:
     if args.quick:
         quick(args)
     elif args.command is None:
-        parser.error("give --quick or a command (run, capture)")
+        parser.error("give --quick or a command (run, lanes, capture)")
     elif args.command == "lanes":
         lanes(args)
     elif args.command == "capture":
