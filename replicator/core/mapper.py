@@ -3,9 +3,10 @@
 ``mapping.to_item`` and ``mapping.item_key`` interpret the mapping on every row: they parse
 templates (cached), read a pydantic private attribute, walk the column types through a chain of
 comparisons and measure the finished item again. At tens of thousands of events per second
-that interpretation is most of the consumer's CPU. ``Mapper`` does it once per mapping: each
-template becomes a list of steps with the column's type resolved, each column a converter for
-its type, and the size bound is summed while the item is built.
+that interpretation was most of the consumer's CPU. ``Mapper`` does it once per mapping: the
+mapping becomes the source of a ``to_item`` and an ``item_key`` function with every template,
+column and condition written out (``Mapper(m).source`` shows it), each column converted by a
+function for its type, and the 400 KB size bound summed while the item is built.
 
 Behaviour is that of ``mapping.to_item`` / ``item_key`` exactly (the same items, the same
 ``MappingError`` messages, raised in the same order): a converter only takes the values whose
@@ -18,6 +19,7 @@ against each other on generated rows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,7 @@ from replicator.core.mapping import (
     canonical,
     format_date,
     item_key,
+    template_fields,
     to_item,
 )
 from replicator.errors import MappingError
@@ -43,8 +46,6 @@ _Canon = Callable[[Any], str]
 
 _INTEGERS = ("int", "bigint")
 _MICROS_PER_DAY = 86_400_000_000
-# Template steps: what a field's text is made of its column's canonical text.
-_WHOLE, _DATE, _PAD, _PAD_REFUSED = 0, 1, 2, 3
 
 
 class Unsupported(Exception):
@@ -126,243 +127,283 @@ def _canon(column: str, kind: ColumnType) -> _Canon:
     return slow  # decimal: the exactness checks are the work
 
 
-# --- templates -------------------------------------------------------------------------------
-
-
-class _Template:
-    """One template, its steps with each column's type and format resolved."""
-
-    __slots__ = ("steps", "template")
-
-    def __init__(self, template: str, types: dict[str, ColumnType]) -> None:
-        self.template = template
-        steps: list[tuple[str, str | None, _Canon | None, int, str]] = []
-        for literal, name, spec in _parsed(template):
-            if name is None:
-                steps.append((literal, None, None, _WHOLE, ""))
-                continue
-            kind = types[name]
-            if not spec:
-                mode, fmt = _WHOLE, ""
-            elif spec == "date":
-                mode, fmt = _DATE, ""
-            elif spec.startswith("0") and spec[1:].isdigit():
-                mode, fmt = (_PAD, f"{spec}d") if kind in _INTEGERS else (_PAD_REFUSED, "")
-            else:
-                raise Unsupported(f"template {template!r}: format {spec!r}")
-            steps.append((literal, name, _canon(name, kind), mode, fmt))
-        self.steps = tuple(steps)
-
-    def render(self, row: Row, texts: Texts) -> str | None:
-        """mapping.render: None when a column it names is NULL."""
-        out = []
-        for literal, name, canon, mode, fmt in self.steps:
-            out.append(literal)
-            if name is None:
-                continue
-            value = row.get(name)
-            if value is None:
-                return None
-            if value == UNAVAILABLE:
-                raise MappingError(
-                    f"template {self.template!r} needs {name!r}, which the source did not "
-                    "send (TOAST); use REPLICA IDENTITY FULL"
-                )
-            whole = texts.get(name)
-            if whole is None:
-                whole = texts[name] = canon(value)  # type: ignore[misc]
-            if mode == _WHOLE:
-                out.append(whole)
-            elif mode == _DATE:
-                out.append(whole[:10])
-            elif mode == _PAD:
-                out.append(format(value if type(value) is int else int(whole), fmt))
-            else:
-                raise MappingError(
-                    f"template {self.template!r}: zero-padding needs an integer column"
-                )
-        return "".join(out)
-
-
-# --- the mapper ------------------------------------------------------------------------------
+# --- code generation -------------------------------------------------------------------------
+#
+# The mapping becomes the source text of two functions, to_item(row) and item_key(row), in
+# which every template, column, condition and attribute name is a constant: no loop over the
+# mapping, no type dispatch and no tuple unpacking per row. Names and values reach the source
+# only through repr() (string literals) or the namespace the source runs in.
 
 # Columns: how an attribute value is made of the column's canonical text.
 _TEXT, _INT, _S, _N, _BOOL = 0, 1, 2, 3, 4
 _CODES = {"text": _TEXT, "json": _TEXT, "int": _INT, "bigint": _INT, "decimal": _N, "bool": _BOOL}
 
 
+def _toast(template: str, name: str) -> MappingError:
+    return MappingError(
+        f"template {template!r} needs {name!r}, which the source did not "
+        "send (TOAST); use REPLICA IDENTITY FULL"
+    )
+
+
+def _empty(attribute: str) -> MappingError:
+    return MappingError(f"key attribute {attribute!r} is empty or NULL for this row")
+
+
+def _padding(template: str) -> MappingError:
+    return MappingError(f"template {template!r}: zero-padding needs an integer column")
+
+
+class _Source:
+    """The source text being written, and the constants it refers to."""
+
+    def __init__(self, types: dict[str, ColumnType]) -> None:
+        self.types = types
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {
+            "UNAVAILABLE": UNAVAILABLE,
+            "_exact_number": _exact_number,
+            "_toast": _toast,
+            "_empty": _empty,
+            "_padding": _padding,
+        }
+        self.locals: dict[str, str] = {}  # column -> local memoising its canonical text
+        self.converters: dict[str, str] = {}  # column -> name of its converter
+
+    def const(self, value: Any) -> str:
+        """A name in the namespace bound to ``value``."""
+        name = f"K{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def canon(self, column: str) -> str:
+        """The name of a column's converter (mapping.canonical, fast where evident)."""
+        if column not in self.converters:
+            self.converters[column] = self.const(_canon(column, self.types[column]))
+        return self.converters[column]
+
+    def local(self, column: str) -> str:
+        """The local variable memoising a column's canonical text for this row."""
+        return self.locals.setdefault(column, f"w{len(self.locals)}")
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+def _emit_template(src: _Source, template: str, indent: int, target: str, on_null: str) -> int:
+    """Source that sets ``target`` to the rendered template (mapping.render), where a NULL
+    column runs ``on_null`` (a raise) or, when it is empty, leaves the rest undone with
+    ``target`` None. Returns the indent at which ``target`` is set."""
+    parts: list[str] = []
+    if not on_null:
+        src.emit(indent, f"{target} = None")
+    for literal, name, spec in _parsed(template):
+        if literal:
+            parts.append(repr(literal))
+        if name is None:
+            continue
+        kind = src.types[name]  # KeyError: no such column, the mapping is not compiled
+        if spec and spec != "date" and not (spec.startswith("0") and spec[1:].isdigit()):
+            raise Unsupported(f"template {template!r}: format {spec!r}")
+        memo, canon = src.local(name), src.canon(name)
+        src.emit(indent, f"v = get({name!r})")
+        if on_null:
+            src.emit(indent, f"if v is None: {on_null}")
+        else:
+            src.emit(indent, "if v is not None:")
+            indent += 1
+        src.emit(indent, f"if v == UNAVAILABLE: raise _toast({template!r}, {name!r})")
+        src.emit(indent, f"if {memo} is None: {memo} = {canon}(v)")
+        if not spec:
+            parts.append(memo)
+        elif spec == "date":
+            parts.append(f"{memo}[:10]")
+        elif kind in _INTEGERS:
+            part = f"p{len(src.lines)}"
+            src.emit(
+                indent, f"{part} = format(v if type(v) is int else int({memo}), {spec + 'd'!r})"
+            )
+            parts.append(part)
+        else:
+            src.emit(indent, f"raise _padding({template!r})")
+            return indent
+    src.emit(indent, f"{target} = {' + '.join(parts) or repr('')}")
+    return indent
+
+
+def _emit_keys(src: _Source, mapping: TableMapping, indent: int) -> list[tuple[str, str, str]]:
+    """Source of item_key's part: (attribute, type, local of its text) per key."""
+    keys = []
+    for n, attr in enumerate(filter(None, [mapping.partition_key, mapping.sort_key])):
+        text = f"k{n}"
+        _emit_template(src, attr.template, indent, text, f"raise _empty({attr.attribute!r})")
+        src.emit(indent, f"if not {text}: raise _empty({attr.attribute!r})")
+        if attr.type == "N":
+            src.emit(indent, f"{text} = _exact_number({attr.attribute!r}, {text})")
+        keys.append((attr.attribute, attr.type, text))
+    return keys
+
+
+def _size_of(text: str, kind: str) -> str:
+    """Source adding a value's bound to ``size``: UTF-8 bytes at most (isascii is O(1)), a
+    number at most one byte per character (the fixed part counts its extra byte)."""
+    if kind == "N":
+        return f"size += len({text})"
+    return f"size += len({text}) if {text}.isascii() else 4 * len({text})"
+
+
+def _compile(mapping: TableMapping) -> tuple[Callable[..., Any], ...]:
+    types = mapping.column_types()
+    src = _Source(types)
+    used = [name for a in _templated(mapping) for name, _ in template_fields(a.template)]
+    names = [
+        *[a.attribute for a in _templated(mapping)],
+        *[c.attribute for c in mapping.columns],
+        mapping.ttl_attribute,
+    ]
+    # Every attribute name the item can hold, each with one byte for a value's overhead: with
+    # the values' text sizes added while the item is built, an upper bound of the item's size
+    # (mapping.item_size) that needs no second pass over the item.
+    fixed = sum(len(n.encode()) + 1 for n in set(names))
+
+    # item_key(row)
+    src.emit(0, "def item_key(row):")
+    src.emit(1, "get = row.get")
+    for name in dict.fromkeys(used):
+        src.emit(1, f"{src.local(name)} = None")
+    keys = _emit_keys(src, mapping, 1)
+    src.emit(1, "return {" + ", ".join(f"{a!r}: {{{t!r}: {v}}}" for a, t, v in keys) + "}")
+
+    # to_item(row)
+    src.emit(0, "def to_item(row):")
+    src.emit(1, "get = row.get")
+    for name in dict.fromkeys(used):
+        src.emit(1, f"{src.local(name)} = None")
+    keys = _emit_keys(src, mapping, 1)
+    src.emit(1, "item = {" + ", ".join(f"{a!r}: {{{t!r}: {v}}}" for a, t, v in keys) + "}")
+    src.emit(
+        1,
+        f"size = {fixed} + "
+        + " + ".join(f"(len({v}) if {v}.isascii() else 4 * len({v}))" for _, _, v in keys),
+    )
+    src.emit(1, "unavailable = set()")
+    for c in mapping.columns:
+        code = _CODES.get(c.type, _S)  # timestamps and dates are S
+        canon = src.canon(c.name)
+        src.emit(1, f"v = get({c.name!r})")
+        src.emit(1, "if v is not None:")
+        src.emit(2, f"if v == UNAVAILABLE: unavailable.add({c.attribute!r})")
+        src.emit(2, "else:")
+        if code == _TEXT:
+            src.emit(3, f"x = v if type(v) is str else {canon}(v)")
+        elif code == _INT:
+            src.emit(3, f"x = str(v) if type(v) is int else {canon}(v)")
+        elif code == _N:
+            src.emit(3, f"x = {canon}(v)")
+        elif code == _S and c.name in src.locals:
+            memo = src.locals[c.name]
+            src.emit(3, f"x = {memo} if {memo} is not None else {canon}(v)")
+        elif code == _S:
+            src.emit(3, f"x = {canon}(v)")
+        if code == _BOOL:
+            src.emit(3, f"if type(v) is not bool: {canon}(v)")  # refuses it as canonical does
+            src.emit(3, f"item[{c.attribute!r}] = {{'BOOL': v}}")
+            continue
+        kind = "S" if code in (_TEXT, _S) else "N"
+        src.emit(3, f"item[{c.attribute!r}] = {{{kind!r}: x}}")
+        src.emit(3, _size_of("x", kind))
+    rendered = {}  # template -> local holding it, for the keys (always rendered first)
+    for (_, _, text), attr in zip(
+        keys, filter(None, [mapping.partition_key, mapping.sort_key]), strict=True
+    ):
+        if attr.type == "S":
+            rendered.setdefault(attr.template, text)
+    for d in mapping.derived:
+        conditions = [f"get({n!r}) is not None" for n in d.when_set]
+        conditions += [f"get({n!r}) == {src.const(v)}" for n, v in d.when_equal.items()]
+        indent = 1
+        if conditions:
+            src.emit(1, f"if {' and '.join(conditions)}:")
+            indent = 2
+        if d.template in rendered:
+            src.emit(indent, f"t = {rendered[d.template]}")
+        else:
+            _emit_template(src, d.template, indent, "t", "")
+            src.emit(indent, "if t is not None:")
+            indent += 1
+        if d.type == "N":
+            src.emit(indent, f"t = _exact_number({d.attribute!r}, t)")
+        src.emit(indent, f"item[{d.attribute!r}] = {{{d.type!r}: t}}")
+        src.emit(indent, _size_of("t", d.type))
+    if mapping.retention is not None:
+        seconds = mapping.retention.days * 86_400
+        src.emit(1, f"m = get({mapping.retention.column!r})")
+        src.emit(1, "if isinstance(m, int) and not isinstance(m, bool):")
+        src.emit(2, f"x = str(m // 1_000_000 + {seconds})")
+        src.emit(2, f"item[{mapping.ttl_attribute!r}] = {{'N': x}}")
+        src.emit(2, "size += len(x)")
+    src.emit(1, f"if size <= {MAX_ITEM_BYTES}: return item, unavailable")
+    src.emit(1, "return _oversize(item, unavailable)")
+
+    # key_of(item): the item's key attributes
+    src.emit(0, "def key_of(item):")
+    src.emit(1, "return {" + ", ".join(f"{a!r}: item[{a!r}]" for a, _, _ in keys) + "}")
+
+    src.namespace["_oversize"] = functools.partial(_oversize, mapping)
+    text = "\n".join(src.lines) + "\n"
+    code = compile(text, f"<mapper {mapping.name}>", "exec")
+    exec(code, src.namespace)  # our own source: names and values only through repr()
+    namespace = src.namespace
+    return namespace["to_item"], namespace["item_key"], namespace["key_of"], text
+
+
+def _templated(mapping: TableMapping) -> list[Any]:
+    return [*filter(None, [mapping.partition_key, mapping.sort_key]), *mapping.derived]
+
+
+def _oversize(mapping: TableMapping, item: Item, unavailable: set[str]) -> tuple[Item, set[str]]:
+    """Over the cheap bound: mapping.to_item's exact size, compression and refusal."""
+    size = item_size(item)
+    if size > MAX_ITEM_BYTES and mapping.large_items == "compress":
+        size = _compress_to_fit(mapping, item, size)
+    if size > MAX_ITEM_BYTES:
+        raise MappingError(f"item is {size} bytes, over DynamoDB's 400 KB limit")
+    return item, unavailable
+
+
+# --- the mapper ------------------------------------------------------------------------------
+
+
 class Mapper:
     """mapping.to_item and mapping.item_key for one mapping, compiled."""
 
     __slots__ = (
-        "_columns",
         "_compiled",
-        "_derived",
-        "_fixed_size",
-        "_keys",
-        "_retention",
         "column_names",
+        "item_key",
         "key_attributes",
+        "key_of",
         "mapping",
+        "source",
+        "to_item",
     )
 
     def __init__(self, mapping: TableMapping) -> None:
         self.mapping = mapping
         self.key_attributes = tuple(mapping.key_attributes)
         self.column_names = frozenset(c.name for c in mapping.columns)
+        self.to_item: Callable[[Row], tuple[Item, set[str]]]
+        self.item_key: Callable[[Row], Item]
+        self.key_of: Callable[[Item], Item]  # the key attributes of an item
         try:
-            self._compile(mapping)
+            self.to_item, self.item_key, self.key_of, self.source = _compile(mapping)
             self._compiled = True
-        except (Unsupported, KeyError):  # KeyError: a template names a column of no type
+        except (Unsupported, KeyError, ValueError):  # KeyError: a template names no column
+            self.to_item = functools.partial(to_item, mapping)
+            self.item_key = functools.partial(item_key, mapping)
+            self.key_of = lambda item: {name: item[name] for name in self.key_attributes}
+            self.source = ""
             self._compiled = False
-
-    def _compile(self, mapping: TableMapping) -> None:
-        types = mapping.column_types()
-        templates: dict[str, _Template] = {}
-
-        def template(text: str) -> _Template:
-            if text not in templates:
-                templates[text] = _Template(text, types)
-            return templates[text]
-
-        self._keys = tuple(
-            (k.attribute, k.type == "N", template(k.template))
-            for k in filter(None, [mapping.partition_key, mapping.sort_key])
-        )
-        columns = []
-        for c in mapping.columns:
-            code = _CODES.get(c.type, _S)  # timestamps and dates are S
-            columns.append((c.name, c.attribute, code, _canon(c.name, c.type)))
-        self._columns = tuple(columns)
-        self._derived = tuple(
-            (
-                d.attribute,
-                d.type == "N",
-                tuple(d.when_set),
-                tuple(d.when_equal.items()),
-                template(d.template),
-            )
-            for d in mapping.derived
-        )
-        retention = mapping.retention
-        self._retention = (
-            (retention.column, retention.days * 86_400, mapping.ttl_attribute)
-            if retention
-            else None
-        )
-        # Every attribute name the item can hold, each with one byte for a value's overhead:
-        # with the values' text sizes added while the item is built, an upper bound of its
-        # size (mapping.item_size) that needs no second pass over the item.
-        names = [a for a, *_ in self._keys] + [c[1] for c in columns]
-        names += [d[0] for d in self._derived] + [mapping.ttl_attribute]
-        self._fixed_size = sum(len(n.encode()) + 1 for n in set(names))
-
-    def item_key(self, row: Row, texts: Texts | None = None) -> Item:
-        """mapping.item_key(mapping, row)."""
-        if not self._compiled:
-            return item_key(self.mapping, row, texts)
-        if texts is None:
-            texts = {}
-        key: Item = {}
-        for attribute, numeric, tpl in self._keys:
-            text = tpl.render(row, texts)
-            if not text:
-                raise MappingError(f"key attribute {attribute!r} is empty or NULL for this row")
-            key[attribute] = {"N": _exact_number(attribute, text)} if numeric else {"S": text}
-        return key
-
-    def to_item(self, row: Row) -> tuple[Item, set[str]]:
-        """mapping.to_item(mapping, row)."""
-        if not self._compiled:
-            return to_item(self.mapping, row)
-        texts: Texts = {}
-        rendered: dict[int, str] = {}  # templates already rendered for this row, by identity
-        item: Item = {}
-        size = self._fixed_size
-        for attribute, numeric, tpl in self._keys:
-            text = tpl.render(row, texts)
-            if not text:
-                raise MappingError(f"key attribute {attribute!r} is empty or NULL for this row")
-            rendered[id(tpl)] = text
-            if numeric:
-                text = _exact_number(attribute, text)
-                item[attribute] = {"N": text}
-            else:
-                item[attribute] = {"S": text}
-            size += len(text) if text.isascii() else 4 * len(text)
-        unavailable: set[str] = set()
-        get = row.get
-        for name, attribute, code, canon in self._columns:
-            value = get(name)
-            if value is None:
-                continue
-            if value == UNAVAILABLE:
-                unavailable.add(attribute)
-                continue
-            if code == _TEXT:
-                text = value if type(value) is str else canon(value)
-                item[attribute] = {"S": text}
-                size += len(text) if text.isascii() else 4 * len(text)
-            elif code == _S:
-                text = texts.get(name) or canon(value)
-                item[attribute] = {"S": text}
-                # An upper bound of the UTF-8 length that costs no encoding (isascii is O(1)).
-                size += len(text) if text.isascii() else 4 * len(text)
-            elif code == _INT:
-                text = str(value) if type(value) is int else canon(value)
-                item[attribute] = {"N": text}
-                size += len(text)
-            elif code == _N:
-                text = canon(value)
-                item[attribute] = {"N": text}
-                size += len(text)
-            else:
-                if type(value) is not bool:
-                    canon(value)  # refuses a non-boolean as mapping.canonical does
-                item[attribute] = {"BOOL": value}
-        for attribute, numeric, when_set, when_equal, tpl in self._derived:
-            if not _conditions_hold(get, when_set, when_equal):
-                continue
-            text = rendered.get(id(tpl))
-            if text is None:
-                text = tpl.render(row, texts)
-                if text is None:
-                    continue
-                rendered[id(tpl)] = text
-            if numeric:
-                number = _exact_number(attribute, text)
-                item[attribute] = {"N": number}
-                size += len(number)
-            else:
-                item[attribute] = {"S": text}
-                size += len(text) if text.isascii() else 4 * len(text)
-        if self._retention is not None:
-            column, seconds, ttl = self._retention
-            micros = get(column)
-            if isinstance(micros, int) and not isinstance(micros, bool):
-                item[ttl] = {"N": str(micros // 1_000_000 + seconds)}
-                size += len(item[ttl]["N"])
-        if size <= MAX_ITEM_BYTES:  # the common case: no encoding needed to know
-            return item, unavailable
-        exact = item_size(item)
-        if exact > MAX_ITEM_BYTES and self.mapping.large_items == "compress":
-            exact = _compress_to_fit(self.mapping, item, exact)
-        if exact > MAX_ITEM_BYTES:
-            raise MappingError(f"item is {exact} bytes, over DynamoDB's 400 KB limit")
-        return item, unavailable
-
-
-def _conditions_hold(
-    get: Callable[[str], Any], when_set: tuple[str, ...], when_equal: tuple[tuple[str, Any], ...]
-) -> bool:
-    for name in when_set:
-        if get(name) is None:
-            return False
-    for name, wanted in when_equal:
-        if get(name) == wanted:  # == as mapping's all(...), not != (a type may differ there)
-            continue
-        return False
-    return True
 
 
 # One compiled mapper per mapping object. Mappings are frozen and few (a settings tree holds

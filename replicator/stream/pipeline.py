@@ -305,7 +305,7 @@ def to_change(mapping: TableMapping, event: ChangeEvent) -> Change:
     if event.op is Op.DELETE:
         return Change(mapping, event, compiled.item_key(event.row), None)
     item, unavailable = compiled.to_item(event.row)
-    key = {name: item[name] for name in compiled.key_attributes}
+    key = compiled.key_of(item)
     old_key = None
     # With REPLICA IDENTITY DEFAULT the old row holds only the key columns: no key move can be
     # seen then. With FULL it holds every column.

@@ -218,5 +218,9 @@ def test_a_template_format_the_compiler_does_not_know_falls_back_to_the_mapping(
     )
     compiled = Mapper(odd)
     assert not compiled._compiled
-    row = log_row()
+    row = log_row(logid=255)
     assert outcome(compiled.to_item, row) == outcome(to_item, odd, row)
+    item = {"PK": {"S": "p"}, "SK": {"S": "s"}, "LogId": {"N": "1"}}
+    assert (
+        compiled.key_of(item) == Mapper(LOGS).key_of(item) == {"PK": {"S": "p"}, "SK": {"S": "s"}}
+    )
