@@ -28,6 +28,7 @@ none; the difference over the events is instructions per event.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -45,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def worker(events: int, passes: int, runs: int, reference: bool) -> list[float]:
+def worker(events: int, passes: int, runs: int, reference: bool, consumer_gc: bool) -> list[float]:
     """CPU µs per event of ``runs`` runs of the case, in this process."""
     sys.path.insert(0, str(HERE))
     import sink_bench
@@ -57,6 +58,15 @@ def worker(events: int, passes: int, runs: int, reference: bool) -> list[float]:
     case: Callable[..., Any] = sink_bench.case_decode_map
     if reference:
         case = reference_case
+    if consumer_gc:  # as `run` and `backfill` set the collector once their objects are built
+        import replicator.app
+
+        if hasattr(replicator.app, "collect_less_often"):
+            replicator.app.collect_less_often()
+        else:  # an older commit: the same setting, so that the code is what differs
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, *gc.get_threshold()[1:])
     for _ in range(2):
         case(mapping, records, None)
     out = []
@@ -80,13 +90,14 @@ def reference_case(mapping: Any, records: list[Any], _: Any) -> None:
     from replicator.stream.sink import Change
 
     for batch in sink_bench.batches(records):
+        changes = []  # kept for the batch, as changes_of and the pipeline keep them
         for rec in batch:
             event = decode(rec.key, rec.value, Origin(rec.topic, rec.partition, rec.offset))
             if not isinstance(event, ChangeEvent):
                 continue
             Lookups.require(mapping, event.row)
             if event.op is Op.DELETE:
-                Change(mapping, event, item_key(mapping, event.row), None)
+                changes.append(Change(mapping, event, item_key(mapping, event.row), None))
                 continue
             item, unavailable = to_item(mapping, event.row)
             key = {name: item[name] for name in mapping.key_attributes}
@@ -94,7 +105,7 @@ def reference_case(mapping: Any, records: list[Any], _: Any) -> None:
             if event.before is not None and all(c.name in event.before for c in mapping.columns):
                 before_key = item_key(mapping, event.before)
                 old_key = before_key if before_key != key else None
-            Change(mapping, event, key, item, frozenset(unavailable), old_key)
+            changes.append(Change(mapping, event, key, item, frozenset(unavailable), old_key))
 
 
 def tree_of(rev: str) -> Path:
@@ -115,6 +126,7 @@ def child(
     the instructions it executed."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--events", str(args.events)]
     cmd += ["--passes", str(passes), "--runs", str(runs)] + (["--reference"] if reference else [])
+    cmd += ["--gc", args.gc]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(ROOT)])}
     if not valgrind:
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -142,9 +154,17 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--against", help="also measure this commit's replicator/ (git rev)")
     parser.add_argument("--callgrind", action="store_true", help="instruction counts")
+    parser.add_argument(
+        "--gc",
+        choices=["default", "consumer"],
+        default="default",
+        help="the cyclic collector as Python sets it, or as `run` sets it (app.collect_less_often;"
+        " an --against commit without it gets the same setting)",
+    )
     args = parser.parse_args()
     if args.mode == "worker":
-        print(json.dumps(worker(args.events, args.passes, args.runs, args.reference)))
+        consumer_gc = args.gc == "consumer"
+        print(json.dumps(worker(args.events, args.passes, args.runs, args.reference, consumer_gc)))
         return
 
     cases: list[tuple[str, Path, bool]] = [("this tree", ROOT, False), ("reference", ROOT, True)]
@@ -153,7 +173,7 @@ def main() -> None:
     print(
         f"decode + map, {args.events} IntegrationLogs inserts x {args.passes} passes, "
         f"{'instructions (callgrind)' if args.callgrind else f'{args.runs} runs'} per case, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        f"collector {args.gc}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     figures: dict[str, float] = {}

@@ -92,7 +92,7 @@ def backfill(
         TimeRemainingColumn,
     )
 
-    from replicator.app import backfill
+    from replicator.app import backfill, collect_less_often
     from replicator.observe.log import configure
     from replicator.ops.backfill import parse_time, plan_jobs
 
@@ -106,6 +106,7 @@ def backfill(
     runner = backfill(
         s, jobs, from_ms=from_ms, restart=restart, follow=follow, rate_limit=rate_limit
     )
+    collect_less_often()
     for r in runner.running:
         done, total = r.progress()
         how = f"resuming at {done}/{total}" if r.summary.resumed else f"{total} record(s)"

@@ -43,12 +43,13 @@ def run_consumer(
     """The long-lived consumer: apply change events to DynamoDB until SIGTERM/SIGINT."""
     import signal
 
-    from replicator.app import Consumer
+    from replicator.app import Consumer, collect_less_often
     from replicator.observe.log import configure
 
     s = settings()
     configure(s.log_level)
     consumer = Consumer(s)
+    collect_less_often()
 
     def stop(_signum: int, _frame: Any) -> None:
         consumer.stop()  # finish the batch in hand, commit, leave the group
