@@ -122,6 +122,7 @@ def backfill(
         lane=lane,  # type: ignore[arg-type]
         handoff=handoff,
     )
+    composition.collect_less_often()
     for r in runner.running:
         done, total = r.progress()
         how = f"resuming at {done}/{total}" if r.summary.resumed else f"{total} record(s)"

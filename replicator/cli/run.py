@@ -11,7 +11,7 @@ import psycopg
 import typer
 from rich.table import Table
 
-from replicator.app import Consumer
+from replicator.app import Consumer, collect_less_often
 from replicator.cli._common import app, connector_payload, friendly, out, say, settings, tables_app
 from replicator.core.items import is_marker
 from replicator.observe.log import configure
@@ -46,6 +46,7 @@ def run_consumer(
     s = settings()
     configure(s.log_level)
     consumer = Consumer(s)
+    collect_less_often()
 
     def stop(_signum: int, _frame: Any) -> None:
         consumer.stop()  # finish the batch in hand, commit, leave the group

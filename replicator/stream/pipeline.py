@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from confluent_kafka import Message
@@ -16,7 +15,8 @@ from confluent_kafka import Message
 from replicator.config import Settings
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent, Op, Origin, Skip
-from replicator.core.mapping import TableMapping, item_key, to_item
+from replicator.core.mapper import mapper
+from replicator.core.mapping import TableMapping
 from replicator.errors import (
     DecodeError,
     LookupMissError,
@@ -299,21 +299,24 @@ class Pipeline:
 
 def to_change(mapping: TableMapping, event: ChangeEvent) -> Change:
     """Map a decoded event to the item (or delete marker) it produces. Pure."""
-    Lookups.require(mapping, event.row)
+    compiled = mapper(mapping)  # the mapping interpreted once, not per event
+    if mapping.lookups:
+        Lookups.require(mapping, event.row)
     if event.op is Op.DELETE:
-        return Change(mapping, event, item_key(mapping, event.row), None)
-    item, unavailable = to_item(mapping, event.row)
-    key = {name: item[name] for name in mapping.key_attributes}
+        return Change(mapping, event, compiled.item_key(event.row), None)
+    item, unavailable = compiled.to_item(event.row)
+    key = compiled.key_of(item)
     old_key = None
-    if event.before is not None and _complete(mapping, event.before):
-        Lookups.require(mapping, event.before)
-        before_key = item_key(mapping, event.before)
+    # With REPLICA IDENTITY DEFAULT the old row holds only the key columns: no key move can be
+    # seen then. With FULL it holds every column.
+    if event.before is not None and event.before.keys() >= compiled.column_names:
+        if mapping.lookups:
+            Lookups.require(mapping, event.before)
+        before_key = compiled.item_key(event.before)
         if before_key != key:
             old_key = before_key
-    return Change(mapping, event, key, item, frozenset(unavailable), old_key)
+    keep = frozenset(unavailable) if unavailable else _NOTHING_KEPT
+    return Change(mapping, event, key, item, keep, old_key)
 
 
-def _complete(mapping: TableMapping, row: dict[str, Any]) -> bool:
-    """With REPLICA IDENTITY DEFAULT the old row holds only the key columns: no key move
-    can be seen then. With FULL it holds every column."""
-    return all(c.name in row for c in mapping.columns)
+_NOTHING_KEPT: frozenset[str] = frozenset()
