@@ -353,6 +353,25 @@ class PhaseSettings(_Section):
     lag_timeout_s: float = Field(10.0, gt=0, description="how long the lag gate waits for Kafka")
 
 
+class PurgeSettings(_Section):
+    """`replicator purge` (Phase 5): old rows deleted from PostgreSQL without reaching DynamoDB."""
+
+    origin: str = Field(
+        "replicator_purge",
+        min_length=1,
+        max_length=63,
+        description="the PostgreSQL replication origin the purge session is tagged with; "
+        "consumers drop every change of a transaction carrying it",
+    )
+    batch_rows: int = Field(1000, gt=0, description="rows deleted per transaction")
+    rate_rows_s: float = Field(
+        2000.0, gt=0, description="at most this many rows deleted per second (the source's load)"
+    )
+    lock_timeout_s: float = Field(
+        5.0, gt=0, description="a batch waits this long for row locks, then is retried"
+    )
+
+
 class BackfillSettings(_Section):
     """`replicator backfill` (topic replay) and `replicator snapshot` (incremental snapshot)."""
 
@@ -449,6 +468,7 @@ class Settings(BaseSettings):
     reads: ReadsSettings = ReadsSettings()
     cost: CostSettings = CostSettings()
     phases: PhaseSettings = PhaseSettings()
+    purge: PurgeSettings = PurgeSettings()
     backfill: BackfillSettings = BackfillSettings()
     verify: VerifySettings = VerifySettings()
     stack: StackSettings = StackSettings()

@@ -68,6 +68,8 @@ def decode(key: bytes | None, value: bytes | None, origin: Origin) -> ChangeEven
     snapshot_mark = str(source.get("snapshot", "false")).lower()
     initial_snapshot = op == "r" and snapshot_mark in _INITIAL_SNAPSHOT_MARKS
     ts_ms = source.get("ts_ms")
+    # Debezium (3.5+, pgoutput) names the transaction's replication origin, null when none.
+    source_origin = source.get("origin")
     return ChangeEvent(
         table=f"{schema}.{table}",
         op=Op.DELETE if op == "d" else Op.UPSERT,
@@ -78,6 +80,7 @@ def decode(key: bytes | None, value: bytes | None, origin: Origin) -> ChangeEven
         source_ts_ms=ts_ms if isinstance(ts_ms, int) else 0,
         snapshot=op == "r",
         origin=origin,
+        source_origin=source_origin if isinstance(source_origin, str) and source_origin else None,
     )
 
 
