@@ -10,6 +10,7 @@ from replicator.cli import (  # noqa: F401  (registers the commands)
     lag,
     phase,
     postgres,
+    purge,
     reads,
     run,
     stack,
