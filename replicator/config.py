@@ -269,6 +269,26 @@ class CostSettings(_Section):
     storage_per_gb_month: float = Field(
         0.25, ge=0, description="USD per GB-month stored (first 25 GB per account are free)"
     )
+    # PostgreSQL's side, for `replicator report`'s comparison: set your instance's and region's.
+    postgres_instance_per_month: float = Field(
+        190.0,
+        ge=0,
+        description="USD per month of the PostgreSQL instance (default: 0.26 USD/h x 730 h, "
+        "an on-demand Aurora PostgreSQL db.r6g.large in us-east-1; set yours)",
+    )
+    postgres_instance_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the part of the instance a table costs; unset: its share of the "
+        "database's size (pg_total_relation_size / pg_database_size)",
+    )
+    postgres_storage_per_gb_month: float = Field(
+        0.10, ge=0, description="USD per GB-month of PostgreSQL storage (Aurora standard)"
+    )
+    postgres_io_per_million: float = Field(
+        0.20, ge=0, description="USD per million PostgreSQL I/O requests (Aurora standard)"
+    )
 
 
 class ReadsSettings(_Section):

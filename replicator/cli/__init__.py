@@ -12,6 +12,7 @@ from replicator.cli import (  # noqa: F401  (registers the commands)
     postgres,
     purge,
     reads,
+    report,
     run,
     stack,
     verify,
