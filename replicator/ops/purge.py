@@ -315,88 +315,105 @@ def purge(
     )
     result = PurgeResult(window, checks, resumed=bool(existing))
     if options.dry_run:
-        with _source(settings) as conn:
-            result.rows = _count(conn, mapping, column, before)
+        try:
+            with _source(settings) as conn:
+                result.rows = _count(conn, mapping, column, before)
+        except psycopg.Error as exc:
+            raise PurgeError(f"counting the rows of {mapping.source} failed: {exc}") from exc
         return result
     if failed:
         raise PurgeRefused(refusal_message(mapping.name, checks), checks)
     gates = orjson.dumps([c.as_json() for c in checks]).decode()
     text = f"{column} < {before.isoformat()}"
-    with connect_control(settings) as control:
-        ensure_store(settings, control)
-        if not existing:
-            with control.transaction():
-                row = control.execute(
-                    control_sql(
-                        settings,
-                        "INSERT INTO {schema}.purges (table_name, source, time_column, before, "
-                        "who, why, gates) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb) "
-                        "RETURNING id, started_at",
-                    ),
-                    (
+    try:
+        with connect_control(settings) as control:
+            ensure_store(settings, control)
+            if not existing:
+                with control.transaction():
+                    row = control.execute(
+                        control_sql(
+                            settings,
+                            "INSERT INTO {schema}.purges (table_name, source, time_column, before, "
+                            "who, why, gates) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb) "
+                            "RETURNING id, started_at",
+                        ),
+                        (
+                            mapping.name,
+                            mapping.source,
+                            column,
+                            before.isoformat(),
+                            options.who,
+                            options.why,
+                            gates,
+                        ),
+                    ).fetchone()
+                    window = PurgeWindow(
+                        row[0],
                         mapping.name,
-                        mapping.source,
                         column,
-                        before.isoformat(),
+                        before,
                         options.who,
                         options.why,
+                        row[1],
+                        None,
+                        0,
+                    )
+                    _history(
+                        control,
+                        settings,
+                        mapping.name,
+                        options.who,
+                        f"purge #{row[0]} started: rows with {text} deleted from PostgreSQL "
+                        f"only; {options.why}",
                         gates,
-                    ),
-                ).fetchone()
-                window = PurgeWindow(
-                    row[0], mapping.name, column, before, options.who, options.why, row[1], None, 0
-                )
+                    )
+                result.window = window
+            else:
                 _history(
                     control,
                     settings,
                     mapping.name,
                     options.who,
-                    f"purge #{row[0]} started: rows with {text} deleted from PostgreSQL "
-                    f"only; {options.why}",
+                    f"purge #{window.id} resumed ({window.rows} rows done): {text}; {options.why}",
                     gates,
                 )
-            result.window = window
-        else:
-            _history(
-                control,
-                settings,
-                mapping.name,
-                options.who,
-                f"purge #{window.id} resumed ({window.rows} rows done): {text}; {options.why}",
-                gates,
+            deleted = _run_batches(
+                settings, mapping, column, before, window, batch, rate, progress, result
             )
-        deleted = _run_batches(
-            settings, mapping, column, before, window, batch, rate, progress, result
-        )
-        with control.transaction():
-            total = control.execute(
-                control_sql(
+            with control.transaction():
+                total = control.execute(
+                    control_sql(
+                        settings,
+                        "UPDATE {schema}.purges SET finished_at = now() WHERE id = %s "
+                        "RETURNING rows_deleted, finished_at",
+                    ),
+                    (window.id,),
+                ).fetchone()
+                _history(
+                    control,
                     settings,
-                    "UPDATE {schema}.purges SET finished_at = now() WHERE id = %s "
-                    "RETURNING rows_deleted, finished_at",
-                ),
-                (window.id,),
-            ).fetchone()
-            _history(
-                control,
-                settings,
+                    mapping.name,
+                    options.who,
+                    f"purge #{window.id} done: {total[0]} rows with {text} deleted from "
+                    f"PostgreSQL only (this run {deleted})",
+                    gates,
+                )
+            result.window = PurgeWindow(
+                window.id,
                 mapping.name,
+                column,
+                before,
                 options.who,
-                f"purge #{window.id} done: {total[0]} rows with {text} deleted from "
-                f"PostgreSQL only (this run {deleted})",
-                gates,
+                options.why,
+                window.started_at,
+                total[1],
+                int(total[0]),
             )
-        result.window = PurgeWindow(
-            window.id,
-            mapping.name,
-            column,
-            before,
-            options.who,
-            options.why,
-            window.started_at,
-            total[1],
-            int(total[0]),
-        )
+    except psycopg.Error as exc:  # the control database; the deletes say so themselves
+        raise PurgeError(
+            f"recording purge of {mapping.name} in the control schema failed: "
+            f"{str(exc).strip()}; run the same purge again to resume"
+        ) from exc
     return result
 
 
