@@ -25,7 +25,7 @@ def report_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     window: Annotated[
         float,
-        typer.Option("--window", help="Seconds over which lag and consumed capacity are measured."),
+        typer.Option("--window", help="Seconds over which the consumer group's lag is sampled."),
     ] = 10.0,
     metrics_url: Annotated[
         list[str] | None,

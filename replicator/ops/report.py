@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,34 +415,33 @@ def gather(
     consumers = (len(urls) - len(unanswered), len(urls))
     errors += unanswered
 
-    # Over the window: the group's lag every second, and the consumed capacity's rates.
-    say(f"measuring lag and consumed capacity over {window_s:g} s")
-    lag: dict[str, list[tuple[float, float]]] = {m.name: [] for m in settings.tables}
-    began = time.monotonic()
+    dynamodb = dynamodb_client(settings.dynamodb)
+    # DynamoDB's cost from the consumed capacity over the processes' lifetime (a monthly figure
+    # wants the longest basis there is), storage from DescribeTable.
     cost_report: Any = None
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(measure, settings, urls, window_s) if urls else None
-            while True:
-                elapsed = time.monotonic() - began
-                try:
-                    for name, value in consumer_lag(settings, timeout_s=5).items():
-                        lag.setdefault(name, []).append((round(elapsed, 2), float(value.events)))
-                except ReplicatorError as exc:
-                    errors.append(f"consumer lag: {exc}")
-                    break
-                if elapsed >= window_s:
-                    break
-                time.sleep(min(1.0, max(0.0, window_s - elapsed)))
-            if future is not None:
-                cost_report = future.result()
+        cost_report = measure(settings, urls, 0, dynamodb)
+        errors += [e for e in cost_report.errors if e not in errors]
     except ReplicatorError as exc:
         errors.append(f"DynamoDB cost: {exc}")
-    if cost_report is not None:
-        errors += cost_report.errors
+
+    # The group's lag, every second over the window.
+    say(f"sampling the consumer group's lag over {window_s:g} s")
+    lag: dict[str, list[tuple[float, float]]] = {m.name: [] for m in settings.tables}
+    began = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - began
+        try:
+            for name, value in consumer_lag(settings, timeout_s=5).items():
+                lag.setdefault(name, []).append((round(elapsed, 2), float(value.events)))
+        except ReplicatorError as exc:
+            errors.append(f"consumer lag: {exc}")
+            break
+        if elapsed >= window_s:
+            break
+        time.sleep(min(1.0, max(0.0, window_s - elapsed)))
 
     pg_sizes, pg_io, database_bytes = _postgres_usage(settings, errors)
-    dynamodb = dynamodb_client(settings.dynamodb)
     store = PhaseStore(settings)
     tables = []
     try:
