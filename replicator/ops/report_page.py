@@ -133,7 +133,7 @@ def cost_svg(costs: dict[str, dict[str, dict[str, float]]]) -> str:
     label_w = max(210, 7 * max(len(t) for t in costs) + 100)
     bar_w, row_h = 520, 26
     top = max(sum(parts.values()) for c in costs.values() for parts in c.values()) or 1.0
-    height = row_h * len(rows) + 40
+    height = row_h * len(rows) + 52
     out = [f'<svg class="cost" width="{label_w + bar_w + 120}" height="{height}" role="img">']
     for i, (table, store) in enumerate(rows):
         y = 6 + i * row_h
@@ -151,15 +151,18 @@ def cost_svg(costs: dict[str, dict[str, dict[str, float]]]) -> str:
             x += w
             total += usd
         out.append(f'<text x="{x + 4:.1f}" y="{y + 14}">${total:,.2f}/month</text>')
-    x = float(label_w)
-    legend_y = height - 10
-    for (store, part), colour in COST_COLOURS.items():
-        label = f"{'DynamoDB' if store == 'dynamodb' else 'PostgreSQL'} {part}"
-        out.append(
-            f'<rect x="{x:.0f}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{x + 13:.0f}" y="{legend_y}">{_e(label)}</text>'
-        )
-        x += 14 + 7 * len(label)
+    # The legend: one line per store.
+    for line, store in enumerate(("dynamodb", "postgres")):
+        x, legend_y = float(label_w), height - 30 + 16 * line
+        for (owner, part), colour in COST_COLOURS.items():
+            if owner != store:
+                continue
+            label = f"{'DynamoDB' if store == 'dynamodb' else 'PostgreSQL'} {part}"
+            out.append(
+                f'<rect x="{x:.0f}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>'
+                f'<text x="{x + 13:.0f}" y="{legend_y}">{_e(label)}</text>'
+            )
+            x += 22 + 7 * len(label)
     out.append("</svg>")
     return "".join(out)
 
