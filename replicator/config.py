@@ -276,6 +276,26 @@ class CostSettings(_Section):
     storage_per_gb_month: float = Field(
         0.25, ge=0, description="USD per GB-month stored (first 25 GB per account are free)"
     )
+    # PostgreSQL's side, for `replicator report`'s comparison: set your instance's and region's.
+    postgres_instance_per_month: float = Field(
+        190.0,
+        ge=0,
+        description="USD per month of the PostgreSQL instance (default: 0.26 USD/h x 730 h, "
+        "an on-demand Aurora PostgreSQL db.r6g.large in us-east-1; set yours)",
+    )
+    postgres_instance_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the part of the instance a table costs; unset: its share of the "
+        "database's size (pg_total_relation_size / pg_database_size)",
+    )
+    postgres_storage_per_gb_month: float = Field(
+        0.10, ge=0, description="USD per GB-month of PostgreSQL storage (Aurora standard)"
+    )
+    postgres_io_per_million: float = Field(
+        0.20, ge=0, description="USD per million PostgreSQL I/O requests (Aurora standard)"
+    )
 
 
 class ReadsSettings(_Section):
@@ -358,6 +378,25 @@ class PhaseSettings(_Section):
         "which the table must also have spent in hybrid-read",
     )
     lag_timeout_s: float = Field(10.0, gt=0, description="how long the lag gate waits for Kafka")
+
+
+class PurgeSettings(_Section):
+    """`replicator purge` (Phase 5): old rows deleted from PostgreSQL without reaching DynamoDB."""
+
+    origin: str = Field(
+        "replicator_purge",
+        min_length=1,
+        max_length=63,
+        description="the PostgreSQL replication origin the purge session is tagged with; "
+        "consumers drop every change of a transaction carrying it",
+    )
+    batch_rows: int = Field(1000, gt=0, description="rows deleted per transaction")
+    rate_rows_s: float = Field(
+        2000.0, gt=0, description="at most this many rows deleted per second (the source's load)"
+    )
+    lock_timeout_s: float = Field(
+        5.0, gt=0, description="a batch waits this long for row locks, then is retried"
+    )
 
 
 class BackfillSettings(_Section):
@@ -456,6 +495,7 @@ class Settings(BaseSettings):
     reads: ReadsSettings = ReadsSettings()
     cost: CostSettings = CostSettings()
     phases: PhaseSettings = PhaseSettings()
+    purge: PurgeSettings = PurgeSettings()
     backfill: BackfillSettings = BackfillSettings()
     verify: VerifySettings = VerifySettings()
     stack: StackSettings = StackSettings()

@@ -140,8 +140,16 @@ def phase_rollback(
         str | None, typer.Option("--to", help="An earlier phase; default: the previous one.")
     ] = None,
     who: Annotated[str | None, _WHO] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Roll back even a purged table to a phase that reads PostgreSQL (recorded).",
+        ),
+    ] = False,
 ) -> None:
-    """Move a table back (to the previous phase, or --to an earlier one): no gates, immediate."""
+    """Move a table back (to the previous phase, or --to an earlier one): immediate, no gates,
+    except that a purged table does not go back to reading PostgreSQL unless --force."""
 
     s = settings()
     store = PhaseStore(s)
@@ -160,7 +168,7 @@ def phase_rollback(
                 f"{table} is {current}: rollback goes to an earlier phase, not {target} "
                 "(use `phase set` to move forward)"
             )
-    _change_phase(table, target.value, why, who, force=False)
+    _change_phase(table, target.value, why, who, force=force)
 
 
 @phase_app.command("history")

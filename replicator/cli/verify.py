@@ -92,6 +92,8 @@ def _print_report(report: Any, shown: int = 20) -> None:
     summary.add_row(
         "DynamoDB items", f"{report.replica_items} (+{report.tombstones} delete markers)"
     )
+    if report.purged:
+        summary.add_row("purged (not extra)", f"{report.purged} items of purged windows")
     summary.add_row("matched", str(report.matched))
     for name in ("missing", "extra", "differing", "unmappable"):
         count = getattr(report, name)

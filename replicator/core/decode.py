@@ -79,6 +79,10 @@ def decode(key: bytes | None, value: bytes | None, origin: Origin) -> ChangeEven
         ts_ms if isinstance(ts_ms, int) else 0,
         read,
         origin,
+        # Debezium (3.5+, pgoutput) names the transaction's replication origin, null when none.
+        source_origin
+        if isinstance(source_origin := source.get("origin"), str) and source_origin
+        else None,
     )
 
 

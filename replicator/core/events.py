@@ -81,6 +81,9 @@ class ChangeEvent:
     source_ts_ms: int  # commit time in PostgreSQL
     snapshot: bool
     origin: Origin
+    # The PostgreSQL replication origin of the transaction (Debezium's ``source.origin``),
+    # None for ordinary sessions: a purge tags its deletes so that consumers can drop them.
+    source_origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,10 @@ def estimate(
                 w_usd + (r_usd or 0.0) + (s_usd or 0.0),
             )
         )
-    return CostReport(basis, urls, prices.model_dump(), rows, errors)
+    dynamodb_prices = prices.model_dump(
+        include={"write_per_million", "read_per_million", "storage_per_gb_month"}
+    )
+    return CostReport(basis, urls, dynamodb_prices, rows, errors)
 
 
 def lifetime_rates(scrape: Scrape, name: str, now: float) -> dict[str, float]:

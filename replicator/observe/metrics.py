@@ -96,6 +96,11 @@ class Metrics:
         self.skipped = events(
             "skipped", "Events with nothing to write (Debezium tombstones, truncates, heartbeats)."
         )
+        self.purged = events(
+            "purged",
+            "Events of the purge's replication origin (purge.origin), dropped: rows deleted from "
+            "PostgreSQL only (Phase 5). Also counted as skipped.",
+        )
         self.stale = events(
             "stale", "Events the position guard refused: a newer change is already stored."
         )
@@ -194,6 +199,7 @@ class Metrics:
                 self.consumed,
                 self.applied,
                 self.skipped,
+                self.purged,
                 self.stale,
                 self.dead_lettered,
                 self.write_units,
@@ -213,13 +219,21 @@ class Metrics:
 
     # The pipeline's calls: one per batch, or per table and batch.
 
-    def batch(self, consumed: Tally[str], skipped: Tally[str], dead_lettered: Tally[str]) -> None:
-        """Counts of one batch per table (``consumed`` also sets the batch size)."""
+    def batch(
+        self,
+        consumed: Tally[str],
+        skipped: Tally[str],
+        dead_lettered: Tally[str],
+        purged: Tally[str] | None = None,
+    ) -> None:
+        """Counts of one batch per table (``consumed`` also sets the batch size); ``purged``
+        is a part of ``skipped``."""
         self.batch_size.observe(sum(consumed.values()))
         for counter, tally in (
             (self.consumed, consumed),
             (self.skipped, skipped),
             (self.dead_lettered, dead_lettered),
+            (self.purged, purged or Tally()),
         ):
             for table, n in tally.items():
                 if n:

@@ -39,6 +39,7 @@ from replicator.config import Settings
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.observe.lag import consumer_lag
 from replicator.ops.connector import ConnectClient
+from replicator.ops.purged import PurgeError, purged_windows
 from replicator.ops.verify import last_full_verify
 
 
@@ -404,6 +405,17 @@ class PhaseStore:
             failed = [c for c in checks if not c.ok]
             if (failed or target.rank - start.rank > 1) and not force:
                 raise PhaseRefused(refusal_message(name, start, target, checks), checks)
+        elif target.rank < Phase.DYNAMODB_ONLY.rank:
+            # Every phase before dynamodb-only reads PostgreSQL (hybrid-read on a miss): rows a
+            # purge deleted exist in DynamoDB only, so such a rollback would hide them.
+            checks = purge_check(self.settings, name, start)
+            if any(not c.ok for c in checks) and not force:
+                raise PhaseRefused(
+                    f"{name}: rollback {start} -> {target} refused\n"
+                    + "\n".join(f"  {c.name}: {c.value} (needs {c.threshold})" for c in checks)
+                    + "\n(restore the purged rows first, see docs/runbooks/purge.md, or --force)",
+                    checks,
+                )
         return self._write(name, start, target, who=who, why=why, force=force, checks=checks)
 
     def _write(
@@ -644,6 +656,22 @@ def verify_check(settings: Settings, table: str) -> Check:
             gate, "clean verify", False, f"{last.divergent} divergent keys at {when}", need
         )
     return Check(gate, "clean verify", age_h <= window, f"clean at {when}", need)
+
+
+def purge_check(settings: Settings, table: str, start: Phase) -> list[Check]:
+    """A rollback to a phase that reads PostgreSQL: no purge of the table recorded (Phase 5,
+    replicator.ops.purge). Empty when the store cannot say: a rollback is never blocked by an
+    unanswered question."""
+    try:
+        windows = purged_windows(settings, table)
+    except PurgeError:
+        return []
+    if not windows:
+        return []
+    rows = sum(w.rows for w in windows)
+    shown = "; ".join(w.describe() for w in windows[-3:])
+    value = f"{rows} rows purged from PostgreSQL live in DynamoDB only ({shown})"
+    return [Check(start, "purged rows", False, value, "no purge recorded, or --force")]
 
 
 def incident_checks(settings: Settings, store: PhaseStore, table: str, start: Phase) -> list[Check]:

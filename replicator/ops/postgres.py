@@ -60,6 +60,7 @@ def cdc_script(settings: Settings, password: sql.Composable) -> sql.Composed:
                 tables=sql.SQL(", ").join(tables),
                 role=sql.Identifier(pg.replication_user),
                 role_name=sql.Literal(pg.replication_user),
+                owner_name=sql.Literal(pg.user),
                 password=password,
                 database=sql.Identifier(pg.database),
                 publication_statement=publication_statement,

@@ -109,6 +109,8 @@ def count_check(verifier: Verifier, group_id: str | None, window: Window | None)
     verify (what the hybrid-read gate reads)."""
     report = verifier.run(VerifyOptions(group_id=group_id, window=window))
     measured = f"{report.source_rows} rows, {report.replica_items} items"
+    if report.purged:  # their rows were purged from PostgreSQL on purpose (Phase 5)
+        measured += f" (+{report.purged} of purged windows)"
     if report.missing or report.extra:
         measured += f"; {report.missing} missing, {report.extra} extra after the re-check"
     elif report.converged:

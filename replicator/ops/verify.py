@@ -60,6 +60,7 @@ from replicator.core.mapping import (
 )
 from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.observe.lag import consumer_lag
+from replicator.ops.purged import in_purged_window, purged_bounds
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.lookup import Lookups
 from replicator.stream.rows import source_rows
@@ -104,6 +105,7 @@ class VerifyReport:
     source_rows: int = 0  # PostgreSQL rows compared
     replica_items: int = 0  # live DynamoDB items compared (delete markers excluded)
     tombstones: int = 0  # delete markers seen (never counted as extra)
+    purged: int = 0  # items of a purged window without their row (Phase 5): not extra
     matched: int = 0
     missing: int = 0
     extra: int = 0
@@ -466,13 +468,16 @@ def judge(
     mapping: TableMapping,
     expectations: Iterable[Expectation],
     items: dict[str, Item | None],
+    purged: list[tuple[str, str]] | None = None,
 ) -> list[Divergence]:
     """Divergences between what rows expect and the items read (by key_text, None = absent).
 
     A row's item missing (or only a delete marker) is ``missing``; present but unequal is
     ``differs``; an unmappable row is ``unmappable``; a live item that no row of
     ``expectations`` claims is ``extra``, so the caller must include the row of every live
-    item it read (by the item's primary key) for that to mean "no source row".
+    item it read (by the item's primary key) for that to mean "no source row". An unclaimed
+    item of a ``purged`` window (``replicator.ops.purge.purged_bounds``) is not extra: its row
+    was purged from PostgreSQL on purpose.
     """
     found: list[Divergence] = []
     claimed: set[str] = set()
@@ -493,6 +498,8 @@ def judge(
             found.append(Divergence("differs", shown_key(mapping, exp.item), exp.pk, diff))
     for text, actual in items.items():
         if actual is None or is_marker(actual) or text in claimed:
+            continue
+        if purged and in_purged_window(actual, purged):
             continue
         found.append(Divergence("extra", shown_key(mapping, actual), pk_of_item(mapping, actual)))
     return found
@@ -616,14 +623,21 @@ class _Buckets:
                 yield text, fingerprint, rest
 
 
-def _bucket_line(text: str, fingerprint: str, key: Item, pk: dict[str, Any] | None) -> bytes:
+def _bucket_line(
+    text: str, fingerprint: str, key: Item, pk: dict[str, Any] | None, purged: bool = False
+) -> bytes:
     # Tab-separated: JSON text never holds a raw tab (json.dumps escapes it), a digest is hex.
-    return b"%s\t%s\t%s\n" % (text.encode(), fingerprint.encode(), orjson.dumps([key, pk]))
+    # An item of a purged window carries a third element: without a row it is not extra.
+    rest = [key, pk, 1] if purged else [key, pk]
+    return b"%s\t%s\t%s\n" % (text.encode(), fingerprint.encode(), orjson.dumps(rest))
 
 
 def _candidate(kind: str, rest: bytes) -> dict[str, Any]:
-    key, pk = orjson.loads(rest)
-    return {"kind": kind, "key": key, "pk": pk}
+    key, pk, *flag = orjson.loads(rest)
+    candidate = {"kind": kind, "key": key, "pk": pk}
+    if flag:
+        candidate["purged"] = True
+    return candidate
 
 
 class _Spill:
@@ -706,6 +720,7 @@ class Verifier:
         # The newest _pos read from the table so far: how far the stream had got (see repair).
         self._newest: str | None = None
         self._newest_lock = threading.Lock()
+        self.purged: list[tuple[str, str]] = []  # the table's purged windows, read by run()
 
     def __enter__(self) -> Verifier:
         return self
@@ -732,6 +747,7 @@ class Verifier:
         if options.window is not None:
             _window_bounds(self.mapping, options.window)  # a bad window: refused before reading
         self._estimate_items()  # a missing DynamoDB table: one clear error before anything
+        self.purged = purged_bounds(self.settings, self.mapping)
         report = VerifyReport(self.mapping.name, scope, dt.datetime.now(dt.UTC))
         report.window = self.window_text(options.window)
         if options.sample is not None:
@@ -841,7 +857,7 @@ class Verifier:
         expected.close()
         actual.close()
         report.source_rows = counts["rows"]
-        report.replica_items = counts["items"]
+        report.replica_items = counts["items"] - report.purged
         report.tombstones = counts["tombstones"]
         began = time.monotonic()
         self.progress.start("compare buckets", count)
@@ -850,7 +866,11 @@ class Verifier:
             for text, fingerprint, rest in actual.read(index):
                 row = mine.pop(text, None)
                 if row is None:
-                    candidates.add(_candidate("extra", rest))
+                    candidate = _candidate("extra", rest)
+                    if candidate.pop("purged", False):
+                        report.purged += 1  # its row was purged on purpose (Phase 5)
+                    else:
+                        candidates.add(candidate)
                 elif row[0] != fingerprint:
                     candidates.add(_candidate("differs", row[1]))
                 else:
@@ -948,7 +968,11 @@ class Verifier:
                         continue
                     text = key_text(mapping, item)
                     line = _bucket_line(
-                        text, digest(item), key_of(mapping, item), pk_of_item(mapping, item)
+                        text,
+                        digest(item),
+                        key_of(mapping, item),
+                        pk_of_item(mapping, item),
+                        bool(self.purged) and in_purged_window(item, self.purged),
                     )
                     lines.append((text, line))
                 buckets.add(lines)
@@ -1053,7 +1077,7 @@ class Verifier:
             report.replica_items += sum(
                 1 for i in items.values() if i is not None and not is_marker(i)
             )
-        for divergence in judge(mapping, expectations, items):
+        for divergence in judge(mapping, expectations, items, self.purged):
             out.add(divergence.to_json())
 
     def wait_for_replication(self, group_id: str | None) -> str | None:

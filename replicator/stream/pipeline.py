@@ -45,6 +45,7 @@ class Stats:
     applied: int = 0
     stale: int = 0
     dead_lettered: int = 0
+    purged: int = 0  # changes of a purge (its replication origin), dropped; part of skipped
     refused: int = 0  # older than the no-resurrection horizon (replays into a live table)
     batches: int = 0
     last_record_at: float = field(default_factory=time.monotonic)
@@ -85,6 +86,10 @@ class Pipeline:
         # waited on ``stopping``, so that stop() ends the wait at once.
         self.retry = retry or RetryPolicy.from_settings(settings.dynamodb, self.health.turned)
         self._dead_lettered: Counter[str] = Counter()  # this batch's, per table
+        self._purged: Counter[str] = Counter()  # this batch's purge events, per table
+        # Changes of a purge's transactions (tagged with this replication origin) deleted rows
+        # from PostgreSQL only: DynamoDB keeps them (Phase 5, replicator.ops.purge).
+        self.purge_origin = settings.purge.origin
 
     def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
         """Process batches until stop() or ``until(stats)``; commits after every batch."""
@@ -129,6 +134,7 @@ class Pipeline:
         """Apply one batch; commit its offsets only when every record is written or parked."""
         self.stats.consumed += len(messages)
         self._dead_lettered.clear()
+        self._purged.clear()
         changes, skipped = self._changes(messages)
         writes = plan(changes)
         if self.before_write is not None and writes:
@@ -177,7 +183,7 @@ class Pipeline:
         self.dead_letters.flush()
         checkpoint.commit(self.source.consumer, messages, self.sink.commit_metadata())
         self.stats.last_record_at = time.monotonic()
-        self.metrics.batch(self._consumed(messages), skipped, self._dead_lettered)
+        self.metrics.batch(self._consumed(messages), skipped, self._dead_lettered, self._purged)
         self.metrics.written(result.tables)
 
     def _table_of(self, topic: str | None) -> str:
@@ -233,6 +239,14 @@ class Pipeline:
                     "unknown-table",
                     f"event of {event.table!r} on the topic of {mapping.source!r}",
                 )
+                continue
+            if event.source_origin is not None and event.source_origin == self.purge_origin:
+                # Checked before anything else is done with it: a purge's delete never
+                # becomes a delete marker (the row's item is all that is left of it).
+                self.stats.skipped += 1
+                self.stats.purged += 1
+                skipped[mapping.name] += 1
+                self._purged[mapping.name] += 1
                 continue
             if self.refuse_older_than_horizon and event.source_ts_ms < cutoff_ms(mapping, now_ms):
                 refused[mapping.name] += 1

@@ -114,8 +114,10 @@ def envelope(
     sequence: Any = ...,
     ts_ms: int = SOURCE_TS_MS,
     tx_id: int = 746,
+    origin: str | None = None,
 ) -> dict[str, Any]:
-    """The envelope as a dict, for tests that need to bend it before encoding."""
+    """The envelope as a dict, for tests that need to bend it before encoding. ``origin``: the
+    transaction's replication origin (a purge's session), as Debezium names it."""
     schema, name = table.split(".")
     lsn = next(_lsns) if lsn is None else lsn
     if sequence is ...:
@@ -138,8 +140,8 @@ def envelope(
             "txId": tx_id,
             "lsn": lsn,
             "xmin": None,
-            "origin": None,
-            "origin_lsn": None,
+            "origin": origin,
+            "origin_lsn": None if origin is None else 0,
         },
         "transaction": None,
         "op": op,

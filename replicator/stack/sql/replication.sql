@@ -25,6 +25,18 @@ GRANT SELECT ON {tables} TO {role};
 GRANT SELECT, INSERT, UPDATE ON dbo.debezium_heartbeat TO {role};
 GRANT SELECT, INSERT, DELETE ON dbo.debezium_signal TO {role};
 
+-- Phase 5 (`replicator purge`) tags its deletes with a replication origin, whose functions are
+-- superuser-only unless granted (PostgreSQL 14+). The purge runs as the tables' owner: granted
+-- to it here when this script runs as a superuser and the owner is not one (else a no-op).
+DO $$ BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+     AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = {owner_name}) THEN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), '
+                   'pg_replication_origin_oid(text), pg_replication_origin_session_setup(text), '
+                   'pg_replication_origin_session_reset() TO %I', {owner_name});
+  END IF;
+END $$;
+
 -- A publication of exactly the replicated tables, plus the heartbeat and signal tables that
 -- Debezium must see; made here so the connector needs no table ownership (autocreate disabled).
 -- The statement creates the publication FOR TABLE ..., or SETs its TABLEs when it exists.
