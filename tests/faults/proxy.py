@@ -70,6 +70,7 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._handlers: set[socket.socket] = set()
         self.port = _free_port()
+        self.is_down = False
 
     @property
     def url(self) -> str:
@@ -98,6 +99,7 @@ class FaultProxy:
                     raise
                 time.sleep(0.2)
         self._server = server
+        self.is_down = False
         self._thread = threading.Thread(target=server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -105,6 +107,7 @@ class FaultProxy:
         """Unreachable: stop listening and reset every open connection."""
         if self._server is None:
             return
+        self.is_down = True
         self._server.shutdown()
         self._server.server_close()
         self._server = None
@@ -112,6 +115,9 @@ class FaultProxy:
             open_sockets = list(self._handlers)
         for sock in open_sockets:
             _reset(sock)
+            # close() waits for the handler's file objects; shutdown ends the connection now.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
         self.down()
@@ -176,6 +182,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         target = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+        if self.owner.is_down:  # a connection opened before down(): nothing gets through
+            self.owner.count("while-down")
+            self._drop()
+            return
         fault = self.owner.draw(target)
         self.owner.count(f"{target}:{fault}")
         if fault == "throttle":
