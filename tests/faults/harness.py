@@ -202,7 +202,9 @@ class FaultRun:
             nonlocal verdict
             if not quiet():
                 return False
-            verdict = check(self.pg, self.dynamodb, self.tables, self.workload.touched)
+            # A connection of its own: PostgreSQL may have restarted under the harness's.
+            with psycopg.connect(self.settings.postgres.dsn(), autocommit=True) as conn:
+                verdict = check(conn, self.dynamodb, self.tables, self.workload.touched)
             return verdict.clean
 
         wait_until(converged, quiet_timeout_s, 2.0)
@@ -277,7 +279,20 @@ class FaultRun:
                     raise
                 time.sleep(0.5)
 
-    def _high_watermarks(self) -> dict[tuple[str, int], int]:
+    def _high_watermarks(self, timeout_s: float = 90) -> dict[tuple[str, int], int]:
+        """Every partition's end; retried while the broker comes back from a fault."""
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._high_watermarks_once()
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def _high_watermarks_once(self) -> dict[tuple[str, int], int]:
         from confluent_kafka import Consumer, TopicPartition
 
         probe = Consumer(
