@@ -52,3 +52,37 @@ def test_consumer_sigkill_mid_batch(
     )
     outcome.assert_clean()
     assert in_flight >= kills // 2, f"only {in_flight} of {kills} kills were mid-batch"
+
+
+def test_rebalance_storm(healthy: Any, settings: Any, dynamodb: Any, consumer_factory: Any) -> None:
+    """Scenario 2: members of one group come and go every few seconds under load (between one
+    and three; some leave with SIGTERM, some are SIGKILLed)."""
+    run = FaultRun("2 rebalance storm", healthy, settings, dynamodb, consumer_factory, seed=202)
+    rng = random.Random(2)
+    changes = early_terms = 0
+    try:
+        run.start_workload(rate_tx_s=20, burst_every=30, burst_rows=20)
+        run.wait_events(100)
+        members = [run.consumer, run.add_consumer(), run.add_consumer()]
+        deadline = time.monotonic() + 45 * SCALE
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(2.0, 4.0))
+            if len(members) > 1 and (len(members) == 3 or rng.random() < 0.5):
+                member = members.pop(0)  # the oldest: long past its start-up
+                if rng.random() < 0.3:
+                    member.kill()
+                else:
+                    code = member.stop()
+                    # -15: SIGTERM came before `run` set its handler (still starting up).
+                    assert code in (0, -15), f"a member leaving the group exited with {code}"
+                    early_terms += code == -15
+                run.removed.append(member)
+            else:
+                members.append(run.add_consumer())
+            changes += 1
+        run.fault_over()
+        outcome = run.finish()
+    finally:
+        run.close()
+    print(f"FAULTS 2 membership changes: {changes}, SIGTERM during start-up: {early_terms}")
+    outcome.assert_clean()
