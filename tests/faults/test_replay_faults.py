@@ -146,3 +146,95 @@ def test_delete_reinsert_then_replays(
     print(f"FAULTS 12 replayed {len(old)} old events twice (topic, dead-letter topic)")
     outcome.assert_clean()
     assert [bool(i and i.get("_deleted")) for i in held] == [True, True, False]
+
+
+def test_poison_events_then_older_replay(
+    healthy: Any, settings: Any, dynamodb: Any, consumer_factory: Any
+) -> None:
+    """Scenario 8: undecodable records in both topics under load park and the consumer goes
+    on; then `dlq replay` of a row's older update, after a newer one is stored (hole 1): the
+    replayed event lands in the row's own partition and the guard refuses it."""
+    run = FaultRun("8 poison events, older replay", healthy, settings, dynamodb, consumer_factory)
+    bootstrap = settings.kafka.bootstrap_servers
+    try:
+        run.start_workload(rate_tx_s=15)
+        run.wait_events(50)
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        poison: set[tuple[str, int, int]] = set()
+
+        def sent(error: Any, message: Any) -> None:
+            assert error is None, error
+            poison.add((message.topic(), message.partition(), message.offset()))
+
+        for topic, key in (
+            (run.topics[0], b'{"logid": -1}'),
+            (run.topics[1], b'{"paymentid": -1}'),
+        ):
+            for value in (b"not json", b'{"payload": {"op": "u"}}', b"\xff\xfe"):
+                producer.produce(topic, key=key, value=value, on_delivery=sent)
+        assert producer.flush(30) == 0
+        with psycopg.connect(settings.postgres.dsn(), autocommit=True) as conn:
+            row = conn.execute(
+                "INSERT INTO dbo.integrationlogs (logtype, servicename, issuccess, statuscode) "
+                "VALUES ('Credit Check', 'ReplayService', true, 'first') RETURNING logid, "
+                "logtimestamp"
+            ).fetchone()
+            assert row is not None
+            logid, when = row
+            for status in ("second", "third"):
+                conn.execute(
+                    "UPDATE dbo.integrationlogs SET statuscode = %s WHERE logid = %s",
+                    [status, logid],
+                )
+        key = log_key(logid, "ReplayService", when)
+        with run.workload.lock:
+            run.workload.touched.logs.add(logid)
+            run.workload.touched.keys.append(("logs", key))
+        table = run.tables["logs"]
+
+        def third_applied() -> bool:
+            item = dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)
+            return item.get("Item", {}).get("StatusCode", {}).get("S") == "third"
+
+        deadline = time.monotonic() + 120
+        while not third_applied():
+            assert time.monotonic() < deadline, "the row's last update never arrived"
+            time.sleep(0.5)
+        records = _old_records(bootstrap, run.topics[0], logid, count=3)
+        refs: list[str] = []
+
+        def parked(error: Any, message: Any) -> None:
+            assert error is None, error
+            refs.append(f"{message.partition()}:{message.offset()}")
+
+        older = records[1]  # the update to 'second'
+        producer.produce(
+            settings.kafka.dead_letter_topic,
+            key=older.key(),
+            value=older.value(),
+            headers=[
+                ("dlq.reason", b"fault-suite"),
+                ("dlq.topic", older.topic().encode()),
+                ("dlq.partition", str(older.partition()).encode()),
+                ("dlq.offset", str(older.offset()).encode()),
+                ("dlq.time_ms", str(int(time.time() * 1000)).encode()),
+            ],
+            on_delivery=parked,
+        )
+        assert producer.flush(30) == 0
+        replayed = cli(run.consumer.config, "dlq", "replay", *refs)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        run.fault_over()
+        outcome = run.finish()
+        listed = cli(run.consumer.config, "dlq", "list", "--reason", "decode", "--json")
+    finally:
+        run.close()
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    origins = {
+        (r["source_topic"], r["source_partition"], r["source_offset"])
+        for r in json.loads(listed.stdout)
+    }
+    print(f"FAULTS 8 poison records {len(poison)}, parked {len(poison & origins)}")
+    outcome.assert_clean()
+    assert poison <= origins, f"poison records not parked: {poison - origins}"
+    assert third_applied()
