@@ -17,6 +17,7 @@ from replicator.stack import LocalStack
 from tests.faults.harness import SCALE, FaultRun
 
 pytestmark = [pytest.mark.stack, pytest.mark.faults]
+REPEAT = max(1, int(SCALE))  # rounds of the fault in one scenario
 
 
 def _pid(stack: LocalStack, part: str) -> int:
@@ -43,9 +44,12 @@ def _scenario(name: str, healthy: Any, settings: Any, dynamodb: Any, factory: An
 def test_broker_sigkill(healthy: Any, settings: Any, dynamodb: Any, consumer_factory: Any) -> None:
     run = _scenario("5a Kafka broker SIGKILL", healthy, settings, dynamodb, consumer_factory)
     try:
-        _sigkill(healthy, "kafka")
-        time.sleep(5)
-        healthy.up()  # Kafka back on its data; Connect and the consumer reconnect by themselves
+        for round in range(REPEAT):
+            if round:
+                time.sleep(10)  # load between rounds
+            _sigkill(healthy, "kafka")
+            time.sleep(5)
+            healthy.up()  # Kafka back on its data; Connect and the consumer reconnect alone
         run.fault_over()
         outcome = run.finish()
     finally:
@@ -79,13 +83,17 @@ def test_postgres_restart(
         f"4 PostgreSQL restart -m {mode}", healthy, settings, dynamodb, consumer_factory
     )
     try:
-        healthy._pg(
-            ["pg_ctl", "-D", str(healthy._pg_data), "-m", mode, "-w", "stop"], "stop postgres"
-        )
-        time.sleep(2)
-        # Not up(): its preparation's DDL (REPLICA IDENTITY, grants) would deadlock with the
-        # workload's transactions; the database is prepared already.
-        healthy._start_postgres()
+        for round in range(REPEAT):
+            if round:
+                time.sleep(10)
+            healthy._pg(
+                ["pg_ctl", "-D", str(healthy._pg_data), "-m", mode, "-w", "stop"],
+                "stop postgres",
+            )
+            time.sleep(2)
+            # Not up(): its preparation's DDL (REPLICA IDENTITY, grants) would deadlock with
+            # the workload's transactions; the database is prepared already.
+            healthy._start_postgres()
         run.fault_over()
         outcome = run.finish()
     finally:
@@ -98,9 +106,12 @@ def test_connect_sigkill_while_streaming(
 ) -> None:
     run = _scenario("3a Connect SIGKILL streaming", healthy, settings, dynamodb, consumer_factory)
     try:
-        _sigkill(healthy, "connect")
-        time.sleep(3)
-        healthy.up()  # a new worker: the connector resumes from its committed source offset
+        for round in range(REPEAT):
+            if round:
+                time.sleep(10)
+            _sigkill(healthy, "connect")
+            time.sleep(3)
+            healthy.up()  # a new worker: the connector resumes from its committed source offset
         run.fault_over()
         outcome = run.finish()
     finally:
