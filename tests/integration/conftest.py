@@ -5,6 +5,7 @@ Debezium, and the DynamoDB endpoint. A test that needs it fails (never skips) if
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ class Consumer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
+                env=config_only_env(),
             )
 
     def kill(self) -> None:
@@ -88,6 +90,13 @@ class Consumer:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def config_only_env() -> dict[str, str]:
+    """The environment without REPLICATOR_* settings: a consumer's config file holds every
+    setting already, and the environment wins over the file, so a stack moved by environment
+    (other ports, another home) would undo a test's own settings (an endpoint, a group)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
 
 
 @pytest.fixture(scope="session")
