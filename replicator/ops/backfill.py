@@ -8,6 +8,9 @@ if asked, and, when the target is the table the live consumer writes, pause whil
 group falls behind. Beside the live consumer it is safe by the position guard: an older copy
 of a row never overwrites a newer one, and, since a replay into the live table refuses events
 older than the no-resurrection horizon, a deleted row never comes back.
+
+Why one module of this size: the job plan, the live-lag pacing, the lane choice and the
+hand-over all read the same per-table job and its committed offsets.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ The criteria, their evidence and thresholds:
 - audit trail and retention: the phase history, DynamoDB TTL on the table, retention.
 
 ``evaluate`` is pure (measurements in, criteria out); ``gather`` does the measuring.
+
+Why one module of this size: each criterion is a measurement and its pure evaluation side by
+side, so that a reader sees what is measured next to how it is judged (the page is apart).
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ whatever the arrival order; every other key the row occupied in the batch gets a
 then written concurrently: one conditional request per row, or one transaction per key move. A
 failed condition means a newer change is already stored: the write is stale and skipped, which
 is the point of the guard.
+
+Why one module of this size: the plan, the guarded actions and the lanes that send them
+(single writes, transactions of independent rows, key-move transactions) share the write
+format and the classification of refusals; split, each lane would re-derive them.
 """
 
 from __future__ import annotations
