@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import functools
+import getpass
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from replicator.config import Settings, load_settings
 from replicator.errors import ReplicatorError
@@ -41,6 +43,15 @@ phase_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(phase_app, name="phase")
+
+# Options several command groups take, declared once so their help stays alike.
+METRICS_URLS = typer.Option(
+    "--metrics-url",
+    help="/metrics URL of a consumer or of the read API (repeat for every replica; summed). "
+    "Default: metrics.consumer_urls, else this host's metrics.port.",
+)
+WHY = typer.Option("--why", help="Why (recorded in the history).")
+WHO = typer.Option("--who", help="Who makes the change (recorded); default: the OS user.")
 
 out = Console()
 err = Console(stderr=True)
@@ -82,6 +93,23 @@ def friendly(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_user() -> str:
+    """Who runs the command, for the phase history when --who is not given."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in a bare container: the caller must say --who
+        return ""
+
+
+def checks_table(checks: list[Any]) -> Table:
+    """Gate evaluations (phase moves and purges) as one table."""
+    table = Table("gate", "condition", "result", "measured", "needs")
+    for c in checks:
+        result = "[green]ok[/]" if c.ok else "[bold red]FAILED[/]"
+        table.add_row(str(c.gate), c.name, result, c.value, c.threshold)
+    return table
 
 
 def say(text: str) -> None:

@@ -14,17 +14,10 @@ import typer
 from rich.live import Live
 
 from replicator.app import status_sources
-from replicator.cli._common import app, friendly, out, settings
+from replicator.cli._common import METRICS_URLS, app, friendly, out, settings
 from replicator.errors import ReplicatorError
 from replicator.observe import cost, status
 from replicator.stream.dynamo import dynamodb_client
-
-_METRICS_URL = typer.Option(
-    "--metrics-url",
-    help="A running consumer's /metrics URL (repeat for every replica; they are summed). "
-    "Default: metrics.consumer_urls, else this host's metrics.port.",
-)
-
 
 _GROUP = typer.Option("--group", help="Consumer group (default: kafka.group_id).")
 _TABLE = typer.Option("--table", help="Only this table (mapping name or source table).")
@@ -106,7 +99,7 @@ def _screen_command(probes: bool) -> Callable[..., None]:
     """`lag` and `status` take the same options; `status` adds the probes and its exit code."""
 
     def command(
-        metrics_url: Annotated[list[str] | None, _METRICS_URL] = None,
+        metrics_url: Annotated[list[str] | None, METRICS_URLS] = None,
         group: Annotated[str | None, _GROUP] = None,
         table: Annotated[str | None, _TABLE] = None,
         watch: Annotated[bool, _WATCH] = False,
@@ -136,14 +129,7 @@ app.command(
 @app.command("cost")
 @friendly
 def cost_command(
-    metrics_url: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metrics-url",
-            help="/metrics URL of a consumer or of the read API (repeat; summed). Default: "
-            "metrics.consumer_urls, else this host's metrics.port.",
-        ),
-    ] = None,
+    metrics_url: Annotated[list[str] | None, METRICS_URLS] = None,
     window: Annotated[
         float,
         typer.Option(help="Measure over this many seconds; 0: over the processes' lifetime."),

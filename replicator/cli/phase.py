@@ -3,45 +3,35 @@
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from replicator.cli._common import friendly, out, phase_app, say, settings
+from replicator.cli._common import (
+    WHO,
+    WHY,
+    checks_table,
+    friendly,
+    os_user,
+    out,
+    phase_app,
+    say,
+    settings,
+)
 from replicator.errors import ReplicatorError
 from replicator.ops.phases import Phase, PhaseError, PhaseRefused, PhaseStore, evaluate, parse_phase
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in a bare container: the caller must say --who
-        return ""
-
-
-_WHY = typer.Option("--why", help="Why (recorded in the history).")
-_WHO = typer.Option("--who", help="Who makes the change (recorded); default: the OS user.")
-
-
-def _checks_table(checks: list[Any]) -> Table:
-    table = Table("gate", "condition", "result", "measured", "needs")
-    for c in checks:
-        result = "[green]ok[/]" if c.ok else "[bold red]FAILED[/]"
-        table.add_row(str(c.gate), c.name, result, c.value, c.threshold)
-    return table
 
 
 def _change_phase(table: str, to: str, why: str, who: str | None, force: bool) -> None:
     store = PhaseStore(settings())
     try:
-        done = store.set(table, parse_phase(to), who=who or _os_user(), why=why, force=force)
+        done = store.set(table, parse_phase(to), who=who or os_user(), why=why, force=force)
     except PhaseRefused as exc:
         if exc.checks:
-            out.print(_checks_table(exc.checks))
+            out.print(checks_table(exc.checks))
         failed = [c for c in exc.checks if not c.ok]
         raise ReplicatorError(
             f"{exc}\n{len(failed)} of {len(exc.checks)} condition(s) failed; nothing changed "
@@ -50,7 +40,7 @@ def _change_phase(table: str, to: str, why: str, who: str | None, force: bool) -
     finally:
         store.close()
     if done.checks:
-        out.print(_checks_table(done.checks))
+        out.print(checks_table(done.checks))
     if not done.changed:
         say(f"{done.table} already is {done.to_phase}; nothing changed")
         return
@@ -94,8 +84,8 @@ def phase_set(
     phase: Annotated[
         str, typer.Argument(help="postgres-only | dual-write | hybrid-read | dynamodb-only")
     ],
-    why: Annotated[str | None, _WHY] = None,
-    who: Annotated[str | None, _WHO] = None,
+    why: Annotated[str | None, WHY] = None,
+    who: Annotated[str | None, WHO] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Move even if gates fail (recorded in the history).")
     ] = False,
@@ -115,7 +105,7 @@ def phase_set(
         finally:
             store.close()
         if checks:
-            out.print(_checks_table(checks))
+            out.print(checks_table(checks))
         failed = [c for c in checks if not c.ok]
         skip = target.rank - start.rank > 1
         say(
@@ -135,11 +125,11 @@ def phase_set(
 @friendly
 def phase_rollback(
     table: Annotated[str, typer.Argument(help="Mapping name (or source table).")],
-    why: Annotated[str, _WHY],
+    why: Annotated[str, WHY],
     to: Annotated[
         str | None, typer.Option("--to", help="An earlier phase; default: the previous one.")
     ] = None,
-    who: Annotated[str | None, _WHO] = None,
+    who: Annotated[str | None, WHO] = None,
     force: Annotated[
         bool,
         typer.Option(

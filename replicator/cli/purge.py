@@ -7,8 +7,18 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from replicator.cli._common import app, err, friendly, out, say, settings
-from replicator.cli.phase import _checks_table, _os_user
+from replicator.cli._common import (
+    WHO,
+    WHY,
+    app,
+    checks_table,
+    err,
+    friendly,
+    os_user,
+    out,
+    say,
+    settings,
+)
 from replicator.errors import ReplicatorError
 from replicator.ops import purge as ops
 
@@ -44,12 +54,8 @@ def purge_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check the gates and count the rows; delete nothing.")
     ] = False,
-    why: Annotated[
-        str, typer.Option("--why", help="Why (recorded in the history).")
-    ] = _DEFAULT_WHY,
-    who: Annotated[
-        str | None, typer.Option("--who", help="Who runs it (recorded); default: the OS user.")
-    ] = None,
+    why: Annotated[str, WHY] = _DEFAULT_WHY,
+    who: Annotated[str | None, WHO] = None,
 ) -> None:
     """Delete old rows of a dynamodb-only table from PostgreSQL without touching DynamoDB: in
     batches, in a session tagged with a replication origin whose changes the consumers drop.
@@ -59,7 +65,7 @@ def purge_command(
     options = ops.PurgeOptions(
         table=table,
         before=before,
-        who=who or _os_user(),
+        who=who or os_user(),
         why=why,
         column=time_column,
         batch=batch,
@@ -94,13 +100,13 @@ def purge_command(
     try:
         result = ops.purge(s, options, Shown())
     except ops.PurgeRefused as exc:
-        out.print(_checks_table(exc.checks))
+        out.print(checks_table(exc.checks))
         raise ReplicatorError(f"{exc}\nnothing was deleted") from None
     finally:
         bar.stop()
     w = result.window
     if dry_run:
-        out.print(_checks_table(result.checks))
+        out.print(checks_table(result.checks))
         failed = [c for c in result.checks if not c.ok]
         resumed = f" (resumes purge #{w.id}, {w.rows} rows done)" if result.resumed else ""
         say(
@@ -110,7 +116,7 @@ def purge_command(
         if failed:
             raise typer.Exit(1)
         return
-    out.print(_checks_table(result.checks))
+    out.print(checks_table(result.checks))
     resumed = " (resumed)" if result.resumed else ""
     out.print(
         f"{w.table}: purge #{w.id}{resumed} done: {result.rows} rows deleted from PostgreSQL in "

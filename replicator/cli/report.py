@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from replicator.cli._common import app, friendly, out, say, settings
+from replicator.cli._common import METRICS_URLS, app, friendly, out, say, settings
 from replicator.cli.verify import DIVERGENT_EXIT
 from replicator.errors import ReplicatorError
 from replicator.ops.report import evaluate, gather
@@ -27,14 +27,7 @@ def report_command(
         float,
         typer.Option("--window", help="Seconds over which the consumer group's lag is sampled."),
     ] = 10.0,
-    metrics_url: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metrics-url",
-            help="/metrics URL of a consumer or of the read API (repeat; summed). Default: "
-            "metrics.consumer_urls, else this host's metrics.port.",
-        ),
-    ] = None,
+    metrics_url: Annotated[list[str] | None, METRICS_URLS] = None,
 ) -> None:
     """The seed's "Enhanced Phase 3 Success Criteria" per table and overall, each with its
     measured value, threshold and pass/fail, from what the product measures (verify, validate,

@@ -32,6 +32,7 @@ from replicator.config import Settings
 from replicator.core.events import Position
 from replicator.core.items import POS, SOURCE_MS, delete_marker, item_size
 from replicator.core.mapping import TableMapping
+from replicator.core.times import utc_moment
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.observe.lag import consumer_lag
 from replicator.ops.tables import ensure_table
@@ -271,13 +272,11 @@ def parse_time(text: str) -> int:
     """--from-time: ISO 8601 (a date, or a date and time; UTC unless it says otherwise), as
     epoch milliseconds."""
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = utc_moment(text).replace(tzinfo=dt.UTC)
     except ValueError as exc:
         raise ConfigError(
             f"--from-time {text!r} is not an ISO 8601 time (e.g. 2026-11-25T14:00:00Z)"
         ) from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
     if when > dt.datetime.now(dt.UTC):
         raise ConfigError(f"--from-time {text!r} is in the future")
     return int(when.timestamp() * 1000)

@@ -46,11 +46,9 @@ class Parked:
         return f"{self.partition}:{self.offset}"
 
 
-def read_parked(
-    bootstrap_servers: str, topic: str, extra: dict[str, str] | None = None, timeout_s: float = 15
-) -> list[Parked]:
-    """Every record in the dead-letter topic, up to the end offsets seen at the start."""
-    consumer = Consumer(
+def _reader(bootstrap_servers: str, extra: dict[str, str] | None) -> Consumer:
+    """A consumer that reads by assignment and commits nothing (its group is only a name)."""
+    return Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
             "group.id": "replicator-dlq-tool",
@@ -59,6 +57,13 @@ def read_parked(
             **connection_settings(extra or {}),
         }
     )
+
+
+def read_parked(
+    bootstrap_servers: str, topic: str, extra: dict[str, str] | None = None, timeout_s: float = 15
+) -> list[Parked]:
+    """Every record in the dead-letter topic, up to the end offsets seen at the start."""
+    consumer = _reader(bootstrap_servers, extra)
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -162,15 +167,7 @@ def superseded(
             keys = wanted.setdefault((r.source_topic, r.source_partition), {})
             keys[r.key] = min(keys.get(r.key, r.source_offset), r.source_offset)
     newest: dict[tuple[str, int, bytes], int] = {}  # the last offset of each key seen
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": "replicator-dlq-tool",
-            "enable.auto.commit": False,
-            "log_level": 3,
-            **connection_settings(extra or {}),
-        }
-    )
+    consumer = _reader(bootstrap_servers, extra)
     try:
         for (topic, partition), keys in sorted(wanted.items()):
             metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)

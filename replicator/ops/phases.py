@@ -38,6 +38,7 @@ from psycopg.rows import dict_row
 from replicator.config import Settings
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.observe.lag import consumer_lag
+from replicator.ops import control
 from replicator.ops.connector import ConnectClient
 from replicator.ops.purged import PurgeError, purged_windows
 from replicator.ops.verify import last_full_verify
@@ -133,7 +134,6 @@ class HistoryEntry:
 # --- the store ------------------------------------------------------------------------------
 
 _DDL = """
-CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {schema}.phases (
     table_name text PRIMARY KEY,
     phase text NOT NULL CHECK (phase IN ({phases})),
@@ -172,9 +172,6 @@ CREATE OR REPLACE VIEW {schema}.current_phases AS
 """
 
 
-_DDL_DONE: set[tuple[str, str]] = set()
-
-
 class PhaseStore:
     """The phases of the mapped tables, their history, and the read path's incident counts.
 
@@ -192,12 +189,7 @@ class PhaseStore:
     # -- plumbing
 
     def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(self.settings.control_dsn(), autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise PhaseStoreUnavailable(
-                f"the control database does not answer: {str(exc).strip()}"
-            ) from exc
+        return control.connect(self.settings, PhaseStoreUnavailable)
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(schema=self.schema)
@@ -206,13 +198,8 @@ class PhaseStore:
         if self._ready:
             return
         phases = sql.SQL(", ").join(sql.Literal(p.value) for p in Phase)
-        marker = (self.settings.control_dsn(), self.settings.control.schema_name)
+        control.ensure(self.settings, conn, "phases", _DDL, phases=phases)
         with conn.transaction():
-            if marker not in _DDL_DONE:  # once per process: readers make many stores
-                # The same lock as verify's store: first-use DDL of the control schema
-                # serializes across processes (IF NOT EXISTS alone can collide in the catalog).
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.control.ddl'))")
-                conn.execute(sql.SQL(_DDL).format(schema=self.schema, phases=phases))
             # Every mapped table gets a row, so the view lists them all for other readers.
             for mapping in self.settings.tables:
                 conn.execute(
@@ -222,7 +209,6 @@ class PhaseStore:
                     ),
                     (mapping.name, Phase.POSTGRES_ONLY.value),
                 )
-        _DDL_DONE.add(marker)
         self._ready = True
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:

@@ -31,13 +31,14 @@ from psycopg import sql
 
 from replicator.config import Settings
 from replicator.core.mapping import TableMapping
+from replicator.core.times import utc_moment
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.ops.control import control_sql
 from replicator.ops.phases import Check, Phase, PhaseStore, lag_check
 from replicator.ops.purged import (
     PurgeError,
     PurgeWindow,
     connect_control,
-    control_sql,
     ensure_store,
     purged_windows,
 )
@@ -88,14 +89,12 @@ def parse_before(text: str, column_type: str) -> dt.datetime | dt.date:
     """``--before`` as UTC: a date or an ISO-8601 time (with an offset, converted; without one,
     UTC, as the tables hold UTC)."""
     try:
-        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        value = utc_moment(text)
     except ValueError:
         raise ConfigError(
             f"--before {text!r} is not a date or an ISO-8601 time (2024-01-01, "
             "2024-01-01T00:00:00Z)"
         ) from None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
     if column_type == "date":
         if value.time() != dt.time(0):
             raise ConfigError("--before: the time column is a date column; give a date")

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from replicator.config import Settings
 from replicator.core.mapping import TableMapping, format_date, format_timestamp
 from replicator.errors import ReplicatorError
+from replicator.ops import control
+from replicator.ops.control import control_sql
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.purges (
@@ -32,7 +33,6 @@ CREATE TABLE IF NOT EXISTS {schema}.purges (
 );
 CREATE INDEX IF NOT EXISTS purges_by_table ON {schema}.purges (table_name, id);
 """
-_ensured: set[tuple[str, str]] = set()
 
 
 class PurgeError(ReplicatorError):
@@ -74,28 +74,11 @@ def item_bound(column_type: str, before: dt.datetime | dt.date) -> str:
 
 
 def connect_control(settings: Settings) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(settings.control_dsn(), autocommit=True)
-    except psycopg.Error as exc:
-        raise PurgeError(f"the control database does not answer: {str(exc).strip()}") from exc
+    return control.connect(settings, PurgeError)
 
 
 def ensure_store(settings: Settings, conn: psycopg.Connection[Any]) -> None:
-    schema = settings.control.schema_name
-    marker = (settings.control_dsn(), schema)
-    if marker in _ensured:
-        return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.control.ddl'))")
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        for statement in _DDL.split(";"):
-            if statement.strip():
-                conn.execute(sql.SQL(statement).format(schema=sql.Identifier(schema)))
-    _ensured.add(marker)
-
-
-def control_sql(settings: Settings, text: str) -> sql.Composed:
-    return sql.SQL(text).format(schema=sql.Identifier(settings.control.schema_name))
+    control.ensure(settings, conn, "purges", _DDL)
 
 
 def _window(row: tuple[Any, ...]) -> PurgeWindow:

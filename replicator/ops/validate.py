@@ -34,15 +34,14 @@ from replicator.config import Settings
 from replicator.core.items import is_marker
 from replicator.core.mapping import Item, TableMapping, canonical
 from replicator.errors import ReplicatorError
+from replicator.ops import control
 from replicator.ops.verify import (
     Progress,
     Verifier,
     VerifyOptions,
     Window,
-    _connect,
     _window_bounds,
     differences,
-    ensure_store,
     expect,
     key_of,
     row_pk,
@@ -373,14 +372,9 @@ CREATE INDEX IF NOT EXISTS validate_runs_by_table
 
 def record_validation(settings: Settings, result: TableValidation) -> None:
     schema = sql.Identifier(settings.control.schema_name)
-    with _connect(settings) as conn:
+    with control.connect(settings) as conn:
         try:
-            ensure_store(settings, conn)
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.control.ddl'))")
-                for statement in _DDL.split(";"):
-                    if statement.strip():
-                        conn.execute(sql.SQL(statement).format(schema=schema))
+            control.ensure(settings, conn, "validate_runs", _DDL)
             conn.execute(
                 sql.SQL(
                     "INSERT INTO {}.validate_runs (table_name, started_at, finished_at, passed, "
@@ -401,7 +395,7 @@ def record_validation(settings: Settings, result: TableValidation) -> None:
 def last_validation(settings: Settings, table: str) -> dict[str, Any] | None:
     """The most recent stored validation of ``table`` (its JSON result), or None."""
     schema = sql.Identifier(settings.control.schema_name)
-    with _connect(settings) as conn:
+    with control.connect(settings) as conn:
         try:
             exists = conn.execute(
                 "SELECT to_regclass(%s)", [f"{settings.control.schema_name}.validate_runs"]

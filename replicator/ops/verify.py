@@ -60,6 +60,7 @@ from replicator.core.mapping import (
 )
 from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.observe.lag import consumer_lag
+from replicator.ops import control
 from replicator.ops.purged import in_purged_window, purged_bounds
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.lookup import Lookups
@@ -144,10 +145,7 @@ class VerifyReport:
 
 # --- the store ------------------------------------------------------------------------------
 
-_ensured: set[tuple[str, str]] = set()
-
 _DDL = """
-CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {schema}.verify_runs (
     id bigserial PRIMARY KEY,
     table_name text NOT NULL,
@@ -170,25 +168,11 @@ CREATE INDEX IF NOT EXISTS verify_runs_by_table
 
 
 def _connect(settings: Settings) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(settings.control_dsn(), autocommit=True)
-    except psycopg.Error as exc:
-        raise ReplicatorError(f"control database unreachable: {str(exc).strip()}") from exc
+    return control.connect(settings)
 
 
 def ensure_store(settings: Settings, conn: psycopg.Connection[Any]) -> None:
-    """Create the schema and table once per process. Concurrent first runs serialize on an
-    advisory lock (CREATE ... IF NOT EXISTS alone can still collide in the catalog)."""
-    schema = settings.control.schema_name
-    marker = (settings.control_dsn(), schema)
-    if marker in _ensured:
-        return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.control.ddl'))")
-        for statement in _DDL.split(";"):
-            if statement.strip():
-                conn.execute(sql.SQL(statement).format(schema=sql.Identifier(schema)))
-    _ensured.add(marker)
+    control.ensure(settings, conn, "verify_runs", _DDL)
 
 
 def record_run(settings: Settings, report: VerifyReport) -> int:

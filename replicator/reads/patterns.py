@@ -32,6 +32,7 @@ from replicator.core.mapping import (
     format_date,
     format_timestamp,
 )
+from replicator.core.times import utc_moment
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.reads.rows import Page, Result, Row, RowShape
 from replicator.stream.rows import as_debezium
@@ -66,14 +67,12 @@ def parse_timestamp(name: str, value: str) -> str:
     if not isinstance(text, str) or not text:
         raise QueryError(f"{name}: a date or an ISO-8601 timestamp is required")
     try:
-        when = dt.datetime.fromisoformat(text)
+        when = utc_moment(text)
     except ValueError:
         raise QueryError(
             f"{name}: {value!r} is not a date (2024-01-15) or an ISO-8601 timestamp "
             "(2024-01-15T10:30:00Z)"
         ) from None
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.UTC).replace(tzinfo=None)
     return format_timestamp(as_debezium(when))
 
 

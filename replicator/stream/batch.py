@@ -226,10 +226,8 @@ class BatchSink:
             if not pending:
                 return
             part.throttled += 1  # unprocessed: DynamoDB's answer to too much throughput
-            pause = self.retry.next_wait(attempt, started)
-            if pause is None:
+            if not self.retry.wait_for(attempt, started):
                 break
-            self.retry.pause(pause)
         raise SinkError(
             f"DynamoDB batch write to {table}: {len(pending)} items still unprocessed after the "
             "retry policy's attempts or deadline"

@@ -65,6 +65,15 @@ class RetryPolicy:
             return None
         return wait
 
+    def wait_for(self, retry: int, started: float) -> bool:
+        """Pause before retry ``retry`` and say True, or say False at once when the request's
+        attempts or deadline are spent."""
+        wait = self.next_wait(retry, started)
+        if wait is None:
+            return False
+        self.pause(wait)
+        return True
+
     def pause(self, seconds: float) -> None:
         """Wait between two attempts, telling liveness the loop is at work on both sides."""
         self.turned()

@@ -547,10 +547,8 @@ class DynamoSink:
                     part.applied += len(write.origins)
                     part.e2e_s.append(now - write.source_ts_ms / 1000)
                 return
-            wait = self.retry.next_wait(attempt, started)
-            if wait is None:
+            if not self.retry.wait_for(attempt, started):
                 break
-            self.retry.pause(wait)
         if pending:
             raise SinkError(
                 f"DynamoDB transaction on {pending[0][0].mapping.name}: {len(pending)} writes "
@@ -680,10 +678,8 @@ class DynamoSink:
                 # The client has spent its own attempts on it: the batch retries from here.
                 verdict, text = _verdict(exc)
                 raise _sink_error(verdict, text, exc) from exc
-            wait = self.retry.next_wait(attempt, started)
-            if wait is None:
+            if not self.retry.wait_for(attempt, started):
                 break
-            self.retry.pause(wait)
         if pending:
             raise SinkError(
                 f"DynamoDB transaction on {table}: {len(pending)} writes still cancelled "

@@ -121,6 +121,13 @@ def test_next_wait_is_none_when_attempts_or_deadline_are_spent() -> None:
     assert p.next_wait(0, started) is None
 
 
+def test_wait_for_pauses_until_the_attempts_are_spent() -> None:
+    clock = Clock()
+    p = policy(clock, attempts=3, base_s=1.0, cap_s=1.0, deadline_s=100.0)
+    assert [p.wait_for(retry, clock()) for retry in range(3)] == [True, True, False]
+    assert len(clock.sleeps) == 2  # the refusal did not sleep
+
+
 def test_liveness_is_told_on_both_sides_of_every_wait() -> None:
     clock = Clock()
     turns: list[float] = []
