@@ -268,8 +268,10 @@ def plan(changes: Iterable[Change]) -> list[Write]:
             )
         )
         seen = {_key_id(final.key)}
+        # The old key first: the first marker is then at the key the row held before the batch,
+        # the one that can hold its item (see DynamoSink._write_transaction).
         for change in history:
-            for key in (change.key, change.old_key):
+            for key in (change.old_key, change.key):
                 if key is None or _key_id(key) in seen:
                     continue
                 seen.add(_key_id(key))
@@ -594,7 +596,21 @@ class DynamoSink:
         return retry, must_wait
 
     def _write_transaction(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
+        # A transaction holds 100 actions at most. A row that moved through more keys in one
+        # batch keeps its move atomic where its item is: the new item and the marker at the key
+        # it held before the batch (plan puts it first) go in one transaction. The keys it only
+        # passed through hold nothing (or, after a redelivered batch, the item an earlier
+        # attempt left there): their markers follow as guarded writes of their own. Until the
+        # batch is committed a crash re-runs all of it, so none of them can be skipped.
+        passed: list[tuple[Write, dict[str, Any]]] = []
+        if len(unit) > MAX_TRANSACTION:
+            unit, passed = unit[:2], unit[2:]
         result = self._transact(unit)
+        if passed and not result.failed:
+            markers = SinkResult()
+            for write, act in passed:
+                self._write_one(markers, write, act)
+            self._passed_markers(result, markers)
         # A key move stands for its events once, whatever number of actions it holds.
         first = unit[0][0]
         part = result.table(first.mapping.name)
@@ -604,6 +620,17 @@ class DynamoSink:
         elif result.stale and not result.failed:
             part.stale += len(first.origins)
         return result
+
+    @staticmethod
+    def _passed_markers(result: SinkResult, markers: SinkResult) -> None:
+        """Add the passed-through keys' markers to their move's result: their requests and
+        write units count, their events do not (the move stands for them once)."""
+        result.failed += markers.failed
+        for name, theirs in markers.tables.items():
+            part = result.table(name)
+            part.write_s += theirs.write_s
+            part.capacity += theirs.capacity
+            part.throttled += theirs.throttled
 
     def _transact(self, unit: list[tuple[Write, dict[str, Any]]]) -> SinkResult:
         result = SinkResult()

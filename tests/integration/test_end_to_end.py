@@ -185,3 +185,40 @@ def test_payment_insert_update_key_move_delete(
 
     pg.execute("DELETE FROM dbo.payments WHERE paymentid = %s", [payment])
     arrives(dynamodb, table, moved_key, None)
+
+
+def test_a_row_moved_120_times_in_one_transaction_is_at_its_last_key_only(
+    live: Any, pg: psycopg.Connection[Any], dynamodb: Any
+) -> None:
+    """More moves of one row than one TransactWriteItems holds (100 actions), in one source
+    transaction, so in one batch: the row ends at its last key, every key it passed through
+    holds a delete marker, and the consumer goes on (it had stalled on a refused transaction)."""
+    table = "IntegrationLogs_e2e"
+    ts = "2024-02-01T08:00:00.000000Z"
+    with pg.transaction():
+        logid = pg.execute(
+            "INSERT INTO dbo.integrationlogs (applicationid, logtype, servicename, requestdata, "
+            "responsedata, statuscode, issuccess, processingtimems, logtimestamp) VALUES "
+            "(4712, 'Move', 'Hop000', '{}', '{}', '200', true, 1, '2024-02-01 08:00:00') "
+            "RETURNING logid"
+        ).fetchone()[0]
+        for hop in range(1, 121):
+            pg.execute(
+                "UPDATE dbo.integrationlogs SET servicename = %s WHERE logid = %s",
+                [f"Hop{hop:03}", logid],
+            )
+    wait_for(
+        lambda: visible(get_item(dynamodb, table, log_key("Hop120", ts, logid))) or None,
+        120,
+        what="the row at its last key",
+    )
+    for hop in range(120):
+        stored = get_item(dynamodb, table, log_key(f"Hop{hop:03}", ts, logid))
+        assert stored is None or stored.get("_deleted") == {"BOOL": True}, (hop, stored)
+    listed = dynamodb.query(
+        TableName=table,
+        IndexName="LogIdIndex",
+        KeyConditionExpression="LogId = :id",
+        ExpressionAttributeValues={":id": {"N": str(logid)}},
+    )["Items"]
+    assert len(listed) == 1 and listed[0]["PK"]["S"] == "Hop120-2024-02-01"

@@ -3,6 +3,7 @@ it is refused or stale."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -120,6 +121,41 @@ def test_a_stale_action_lets_the_rest_of_the_move_proceed() -> None:
     assert len(client.sent) == 2
     assert client.sent[1] == client.sent[0][:1]  # the put alone
     assert (result.applied, result.stale, result.failed) == (1, 1, [])
+
+
+class Stores(Transactions):
+    """Acknowledges transactions and single puts alike, recording both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[dict[str, Any]] = []
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        self.puts.append(request)
+        return {}
+
+
+def test_a_row_moved_more_than_a_transaction_holds_keeps_its_move_atomic() -> None:
+    """120 moves of one row in one batch: 121 writes, more than TransactWriteItems' 100. The
+    new item and the marker at the key the row held before the batch are one transaction; the
+    keys it only passed through get their markers alone. (It was one transaction of 121
+    actions, which DynamoDB refuses: a systemic stall of the whole consumer.)"""
+    services = [f"Service{i:03}" for i in range(121)]
+    rows = [log_row(logid=9, servicename=name) for name in services]
+    moves = writes(*(update_record(LOGS, old, new) for old, new in itertools.pairwise(rows)))
+    assert len(moves) == 121
+    client = Stores()
+    result = sink(client).write(moves)
+    assert len(client.sent) == 1 and len(client.sent[0]) == 2
+    put, marker = (action["Put"]["Item"] for action in client.sent[0])
+    assert put["ServiceName"] == {"S": "Service120"} and put["PK"]["S"].startswith("Service120-")
+    assert marker["PK"]["S"].startswith("Service000-")  # where the row was before the batch
+    assert marker["_deleted"] == {"BOOL": True}
+    passed = sorted(p["Item"]["PK"]["S"].split("-")[0] for p in client.puts)
+    assert passed == services[1:120]  # each key passed through, once
+    assert all("ConditionExpression" in p for p in client.puts)  # guarded like any write
+    assert result.failed == []
+    assert result.tables["IntegrationLogs"].applied == 120  # the move's events, counted once
 
 
 # --- refusals that never reach DynamoDB -------------------------------------------------------
