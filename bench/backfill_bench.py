@@ -203,7 +203,7 @@ def live_run(
 
     data = yaml.safe_load(config.read_text())
     data["kafka"]["group_id"] = f"bench-live-{source.tag}"
-    data["kafka"]["extra"] = {"auto.offset.reset": "latest"}
+    data["kafka"]["new_group_starts_at"] = "latest"
     live_config = config.with_name("live.yaml")
     live_config.write_text(yaml.safe_dump(data))
     live_settings = load_settings(live_config)

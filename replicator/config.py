@@ -82,6 +82,11 @@ _REFUSED_EXTRA: dict[str, tuple[frozenset[str] | None, str]] = {
         "read_uncommitted would apply records of aborted Kafka transactions (a connector with "
         "exactly-once delivery)",
     ),
+    "auto.offset.reset": (
+        None,
+        "set kafka.new_group_starts_at instead: a group that starts at the topics' end skips "
+        "every change not yet applied, so that choice is a setting of its own, logged at start",
+    ),
     "group.id": (
         None,
         "set kafka.group_id instead: a backfill consumes under its own group "
@@ -107,6 +112,12 @@ class KafkaSettings(_Section):
     )
     batch_size: int = Field(500, gt=0, description="records taken per poll")
     poll_timeout_s: float = Field(0.5, gt=0)
+    new_group_starts_at: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="where a consumer group with no committed offset (or one retention "
+        "removed) starts: earliest applies every change the topics hold; latest skips them, "
+        "only for a group whose tables something else fills (a backfill, verify --repair)",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict,
         description="librdkafka settings (TLS, SASL, timeouts), merged into every Kafka client's; "

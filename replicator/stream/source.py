@@ -21,7 +21,9 @@ class SourceError(ReplicatorError):
     """A topic to replay is missing, or Kafka did not answer."""
 
 
-def _config(kafka: KafkaSettings, group_id: str | None, client_id: str) -> dict[str, Any]:
+def _config(
+    kafka: KafkaSettings, group_id: str | None, client_id: str, starts_at: str = "earliest"
+) -> dict[str, Any]:
     return {
         "bootstrap.servers": kafka.bootstrap_servers,
         "group.id": group_id or kafka.group_id,
@@ -29,7 +31,7 @@ def _config(kafka: KafkaSettings, group_id: str | None, client_id: str) -> dict[
         # Offsets move only after the sink acknowledged (see checkpoint.py).
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
+        "auto.offset.reset": starts_at,
     }
 
 
@@ -44,13 +46,19 @@ class KafkaSource:
         self.settings = kafka
         self.consumer = Consumer(
             {
-                **_config(kafka, group_id, client_id),
+                **_config(kafka, group_id, client_id, kafka.new_group_starts_at),
                 "partition.assignment.strategy": "cooperative-sticky",
                 # A table's topic appears with its first change: notice it within seconds.
                 "topic.metadata.refresh.interval.ms": 5000,
                 **kafka.extra,
             }
         )
+        if kafka.new_group_starts_at == "latest":
+            log.warning(
+                "a group with no committed offsets starts at the topics' end: the changes they "
+                "hold are not applied (kafka.new_group_starts_at=latest)",
+                group=group_id or kafka.group_id,
+            )
         self.assigned: set[tuple[str, int]] = set()
         # The group has given this member its assignment (perhaps empty: more members than
         # partitions); false again when the assignment is lost.

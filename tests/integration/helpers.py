@@ -134,7 +134,7 @@ def live_count(client: Any, table: str) -> int:
 def from_now(data: dict[str, Any]) -> None:
     """consumer_factory change: the new group starts at the topics' ends, not their history
     (long on a shared stack); the test brings older rows over itself (verify --repair)."""
-    data["kafka"]["extra"]["auto.offset.reset"] = "latest"
+    data["kafka"]["new_group_starts_at"] = "latest"
 
 
 def consuming(pg: psycopg.Connection[Any], own: Any, timeout_s: float = 180) -> None:

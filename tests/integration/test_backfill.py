@@ -239,7 +239,7 @@ def test_beside_the_live_consumer_into_its_table_is_safe(
 
         def live_config(data: dict[str, Any]) -> None:
             source.consumer_config(data)
-            data["kafka"]["extra"]["auto.offset.reset"] = "latest"
+            data["kafka"]["new_group_starts_at"] = "latest"
 
         consumer, own = consumer_factory("_bflive", change=live_config)
         dsn = own.postgres.dsn()

@@ -51,7 +51,7 @@ def test_incremental_snapshot_repairs_rows_that_change_meanwhile(
 ) -> None:
     def from_latest(data: dict[str, Any]) -> None:
         # The topics' history is other tests' business: this consumer starts at their end.
-        data["kafka"]["extra"]["auto.offset.reset"] = "latest"
+        data["kafka"]["new_group_starts_at"] = "latest"
 
     consumer, own = consumer_factory("_incsnap", change=from_latest)
     payments = next(m for m in own.tables if m.source == "dbo.payments")

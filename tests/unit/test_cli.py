@@ -83,6 +83,7 @@ BREAKS_THE_COMMIT_PROTOCOL = [
     ({"enable.auto.offset.store": "True"}, "enable.auto.offset.store"),
     ({"isolation.level": "read_uncommitted"}, "isolation.level"),
     ({"group.id": "other"}, "group.id"),
+    ({"auto.offset.reset": "latest"}, "auto.offset.reset"),  # kafka.new_group_starts_at
     ({"enable.partition.eof": "false"}, "enable.partition.eof"),
 ]
 
@@ -112,7 +113,6 @@ def test_kafka_extra_that_keeps_the_commit_protocol_is_accepted(tmp_path: Path) 
         "enable.auto.commit": "false",
         "enable.auto.offset.store": "false",
         "isolation.level": "read_committed",
-        "auto.offset.reset": "latest",  # where a group without offsets starts: not refused
         "security.protocol": "SASL_SSL",
         "session.timeout.ms": "6000",
     }
