@@ -160,3 +160,13 @@ def included_attributes(
         converted: AttributeValue = _attribute(column.column, column.type, value)
         item[column.attribute] = converted
     return item, unavailable
+
+
+def included_columns(mapping: TableMapping, source_types: Mapping[str, str]) -> list[Included]:
+    """The unmapped columns of a table's current columns (name -> PostgreSQL type, from the
+    catalog) that the consumers write under ``unmapped_columns: include``: what verify expects."""
+    if mapping.unmapped_columns != "include":
+        return []
+    known = {c.name for c in mapping.columns} | {lk.column for lk in mapping.lookups}
+    unknown = {name: kind for name, kind in source_types.items() if name not in known}
+    return plan_included(mapping, unknown)[0]

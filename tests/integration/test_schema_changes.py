@@ -227,6 +227,9 @@ def test_added_columns_are_reported_and_written_with_include(
         running.consumer.config, "status", "--window", "1", "--metrics-url", url, columns=200
     )
     assert "unmapped columns: channel" in screen.stdout, screen.stdout
+    # verify expects the included columns too: the items match the rows exactly.
+    checked = cli(running.consumer.config, "verify", "--table", logs.name, timeout=300)
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
 
 
 def test_an_unmapped_column_dropped_and_added_again_is_reported_again(

@@ -351,3 +351,16 @@ def test_a_key_move_is_still_seen_after_a_mapped_nullable_column_was_dropped() -
     # A key move is one transaction: the new item and a marker at the old key.
     assert client.transactions and len(client.transactions[0]) == 2
     assert all("UserId" not in a.get("Put", {}).get("Item", {}) for a in client.transactions[0])
+
+
+def test_verify_expects_the_included_columns_of_the_current_catalog() -> None:
+    from replicator.core.schema import included_columns
+    from replicator.ops.verify import expect
+
+    types = {**LOG_TYPES, "riskscore": "numeric(12,4)", "ratio": "real"}
+    assert included_columns(LOGS, types) == []  # ignore: nothing written, nothing expected
+    included = included_columns(LOGS_INCLUDE, types)
+    assert included == [Included("riskscore", "Riskscore", "decimal")]
+    row = {**log_row(), "riskscore": "0.5000", "ratio": 0.5}
+    item = expect(LOGS_INCLUDE, {"logid": 1}, row, included).item
+    assert item is not None and item["Riskscore"] == {"N": "0.5000"} and "Ratio" not in item
