@@ -46,6 +46,7 @@ import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
 
 from replicator.config import Settings
 from replicator.core.events import Position, Row
@@ -453,6 +454,15 @@ class Expectation:
     pk: dict[str, Any]
     item: Item | None = None
     reason: str | None = None
+
+
+def source_connection(settings: Settings, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A connection to the source database whose json and jsonb values arrive as PostgreSQL's
+    text of them, as Debezium sends them (psycopg would parse them into Python objects)."""
+    conn = psycopg.connect(settings.postgres.dsn(), autocommit=autocommit)
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, TextLoader)
+    return conn
 
 
 def expect(
@@ -923,7 +933,7 @@ class Verifier:
         fetch = self.options.fetch_rows
         lookups = Lookups(self.settings.postgres.lookups())  # its own connection: own thread
         try:
-            with psycopg.connect(self.settings.postgres.dsn()) as conn:
+            with source_connection(self.settings) as conn:
                 conn.read_only = True
                 # A named cursor: the server keeps the result, we fetch `fetch` rows at a time.
                 with conn.cursor(
@@ -1333,7 +1343,7 @@ class Verifier:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.settings.postgres.dsn(), autocommit=True)
+                self._conn = source_connection(self.settings, autocommit=True)
             except psycopg.Error as exc:
                 raise ReplicatorError(f"PostgreSQL unreachable: {str(exc).strip()}") from exc
         return self._conn

@@ -184,10 +184,15 @@ def test_added_columns_are_reported_and_written_with_include(
         time.sleep(2)
         running.sql("ALTER TABLE dbo.integrationlogs ADD COLUMN risk_score numeric(20,4)")
         running.sql("ALTER TABLE dbo.integrationlogs ADD COLUMN reviewed_at timestamp")
+        running.sql("ALTER TABLE dbo.integrationlogs ADD COLUMN review jsonb")
         running.sql("ALTER TABLE dbo.payments ADD COLUMN channel text")
         logid = insert_log(
             running,
-            {"risk_score": "1234567890123456.0625", "reviewed_at": "2024-03-01 12:00:00.123456"},
+            {
+                "risk_score": "1234567890123456.0625",
+                "reviewed_at": "2024-03-01 12:00:00.123456",
+                "review": '{"score":2,  "by":"ann"}',
+            },
         )
         paymentid = insert_payment(running, {"channel": "web"})
         time.sleep(2)
@@ -197,6 +202,7 @@ def test_added_columns_are_reported_and_written_with_include(
     # Its type's rules: an exact number (more digits than a double holds), a timestamp as text.
     assert item["RiskScore"] == {"N": "1234567890123456.0625"}
     assert item["ReviewedAt"] == {"S": "2024-03-01T12:00:00.123456Z"}
+    assert item["Review"] == {"S": '{"by": "ann", "score": 2}'}  # jsonb's own text of it
     payment = wait_for(
         lambda: next(
             (i for i in items(dynamodb, payments.name) if i["PaymentId"] == {"N": str(paymentid)}),
@@ -209,6 +215,7 @@ def test_added_columns_are_reported_and_written_with_include(
     assert "Channel" not in payment  # unmapped_columns: ignore reports only
 
     assert running.gauge("replicator_unmapped_columns", logs.name) == {
+        "review": 1.0,
         "reviewed_at": 1.0,
         "risk_score": 1.0,
     }
@@ -221,7 +228,7 @@ def test_added_columns_are_reported_and_written_with_include(
     done = cli(running.consumer.config, "status", "--json", "--window", "1", "--metrics-url", url)
     report = json.loads(done.stdout)
     tables = {t["table"]: t for t in report["tables"]}
-    assert tables[logs.name]["unmapped_columns"] == ["reviewed_at", "risk_score"]
+    assert tables[logs.name]["unmapped_columns"] == ["review", "reviewed_at", "risk_score"]
     assert tables[payments.name]["unmapped_columns"] == ["channel"]
     screen = cli(
         running.consumer.config, "status", "--window", "1", "--metrics-url", url, columns=200
