@@ -97,9 +97,14 @@ def shape(mapping: TableMapping, row: Mapping[str, Any]) -> Shape:
 
 
 def required(mapping: TableMapping, missing: Iterable[str]) -> list[str]:
-    """The missing columns that the mapping says are NOT NULL."""
+    """The missing columns that the mapping says are NOT NULL; a primary-key column always is
+    (PostgreSQL makes it so)."""
     names = set(missing)
-    return [c.name for c in mapping.columns if c.name in names and not c.nullable]
+    return [
+        c.name
+        for c in mapping.columns
+        if c.name in names and (not c.nullable or c.name in mapping.primary_key)
+    ]
 
 
 def attribute_names(mapping: TableMapping) -> set[str]:

@@ -265,9 +265,7 @@ class Pipeline:
             included: list[Included] = _NO_COLUMNS
             if event.op is Op.UPSERT:  # a delete's old row may hold only the key
                 try:
-                    included = self._until_available(
-                        mapping.name, lambda m=mapping, e=event: self.schema.check(m, e)
-                    )
+                    included = self._schema_checked(mapping, event)
                 except SchemaError as exc:
                     self._park(message, "schema", str(exc))
                     continue
@@ -295,6 +293,14 @@ class Pipeline:
                 # "schema" when the source's column types no longer fit the mapping.
                 self._park(message, *self.schema.explain(mapping, exc))
         return changes, skipped
+
+    def _schema_checked(self, mapping: TableMapping, event: ChangeEvent) -> list[Included]:
+        """The unmapped columns to write; SchemaError when the event parks. The catalog is
+        asked only when a table's shape changes: waiting for it is the rare path."""
+        try:
+            return self.schema.check(mapping, event)
+        except LookupUnavailableError:
+            return self._until_available(mapping.name, lambda: self.schema.check(mapping, event))
 
     def _until_available(self, table: str, call: Callable[[], _T]) -> _T:
         """``call``, again and again while the PostgreSQL it asks does not answer."""

@@ -23,7 +23,7 @@ from replicator.core.schema import (
     required,
     shape,
 )
-from replicator.errors import MappingError
+from replicator.errors import LookupUnavailableError, MappingError
 from replicator.observe.metrics import Metrics
 from replicator.stream.pipeline import Pipeline
 from replicator.stream.schema import Catalog, SchemaError, SchemaWatch
@@ -96,6 +96,10 @@ def test_a_row_is_compared_with_the_mapping_without_its_lookup_columns() -> None
 
 def test_only_not_null_columns_are_required() -> None:
     assert required(LOGS, ["userid", "logtype", "issuccess"]) == ["logtype", "issuccess"]
+    loose = LOGS.model_copy(
+        update={"columns": [c.model_copy(update={"nullable": True}) for c in LOGS.columns]}
+    )
+    assert required(loose, ["logid", "logtype"]) == ["logid"]  # the primary key, whatever it says
 
 
 def test_included_columns_avoid_the_mappings_names_and_types_without_an_exact_rule() -> None:
@@ -364,3 +368,22 @@ def test_verify_expects_the_included_columns_of_the_current_catalog() -> None:
     row = {**log_row(), "riskscore": "0.5000", "ratio": 0.5}
     item = expect(LOGS_INCLUDE, {"logid": 1}, row, included).item
     assert item is not None and item["Riskscore"] == {"N": "0.5000"} and "Ratio" not in item
+
+
+class FlakyCatalog(FakeCatalog):
+    """PostgreSQL does not answer the first question."""
+
+    def columns(self, table: str) -> dict[str, str]:
+        if self.asked == 0:
+            self.asked += 1
+            raise LookupUnavailableError("column types: PostgreSQL unreachable")
+        return super().columns(table)
+
+
+def test_a_catalog_outage_waits_and_parks_nothing() -> None:
+    p, client = a_pipeline(LOGS_INCLUDE, LOG_TYPES)
+    p.catalog = FlakyCatalog({LOGS.source: LOG_TYPES})
+    p.schema = SchemaWatch(p.catalog.columns, p.metrics)
+    p.process([FakeMessage(create_record(LOGS.source, {**log_row(), "riskscore": "3"}))])
+    assert parked(p) == [] and p.catalog.asked == 2
+    assert client.items[0]["Riskscore"] == {"N": "3"}
