@@ -120,10 +120,6 @@ class SchemaWatch:
         self._asked: dict[str, float] = {}  # table -> when (monotonic)
         self._absent: dict[str, tuple[float, frozenset[str]]] = {}  # not in the catalog, when
 
-    def current(self, table: str) -> Shape | None:
-        state = self._tables.get(table)
-        return state.shape if state is not None else None
-
     def check(self, mapping: TableMapping, event: ChangeEvent) -> list[Included]:
         """For an insert's, update's or read's full row (a delete's old row may hold only the
         key: it is not checked)."""
