@@ -393,9 +393,11 @@ class Mapper:
         self.mapping = mapping
         self.key_attributes = tuple(mapping.key_attributes)
         self.column_names = frozenset(c.name for c in mapping.columns)
-        # The columns the item's key is made of (lookup columns included).
+        # The source columns the item's key is made of; for a lookup column, the column it
+        # is looked up by (a miss then parks the event, as for the new row).
+        using = {lk.column: lk.using for lk in mapping.lookups}
         self.key_columns = frozenset(
-            name
+            using.get(name, name)
             for attr in filter(None, [mapping.partition_key, mapping.sort_key])
             for _, name, _ in _parsed(attr.template)
             if name is not None

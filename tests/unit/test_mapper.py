@@ -169,7 +169,8 @@ def reference_change(mapping: TableMapping, event: ChangeEvent) -> Change:
     key = {name: item[name] for name in mapping.key_attributes}
     old_key = None
     keys = [a for a in (mapping.partition_key, mapping.sort_key) if a is not None]
-    key_columns = [name for a in keys for name, _ in template_fields(a.template)]
+    using = {lk.column: lk.using for lk in mapping.lookups}
+    key_columns = [using.get(n, n) for a in keys for n, _ in template_fields(a.template)]
     if event.before is not None and all(name in event.before for name in key_columns):
         Lookups.require(mapping, event.before)
         before_key = item_key(mapping, event.before)

@@ -387,3 +387,22 @@ def test_a_catalog_outage_waits_and_parks_nothing() -> None:
     p.process([FakeMessage(create_record(LOGS.source, {**log_row(), "riskscore": "3"}))])
     assert parked(p) == [] and p.catalog.asked == 2
     assert client.items[0]["Riskscore"] == {"N": "3"}
+
+
+def test_an_old_row_whose_lookup_misses_still_parks_the_key_move() -> None:
+    # The old row holds the lookup's own column (loanid): its key is computed, and a lookup
+    # that found nothing for it parks the event rather than missing the move.
+    from replicator.core.mapper import mapper
+
+    assert mapper(PAYMENTS).key_columns == {"loanid", "paymentdate", "paymentid"}
+    row = {**payment_row(), "customerid": 7}
+    before = payment_row()  # its loan's customer was not found
+    moved = ChangeEvent(
+        PAYMENTS.source, Op.UPSERT, {"paymentid": 1}, row, before, Position(1, 1, 1), 0, False,
+        Origin("t", 0, 0),
+    )  # fmt: skip
+    from replicator.errors import LookupMissError
+    from replicator.stream.pipeline import to_change
+
+    with pytest.raises(LookupMissError):
+        to_change(PAYMENTS, moved)
