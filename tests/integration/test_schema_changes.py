@@ -288,6 +288,31 @@ def test_a_dropped_nullable_mapped_column_leaves_the_items(running: Running, dyn
     assert tables[logs.name]["missing_columns"] == ["userid"]
 
 
+def test_old_rows_get_a_column_added_with_a_default_by_a_snapshot(
+    running: Running, dynamodb: Any
+) -> None:
+    """The runbook's backfill step: PostgreSQL fills old rows from the DEFAULT without a change
+    event; an incremental snapshot brings the value to their items."""
+    logs = running.mapping("dbo.integrationlogs")
+    old = insert_log(running)
+    wait_for(lambda: log_item(dynamodb, running, old), 120, 0.5, "the old row's item")
+    running.sql("ALTER TABLE dbo.integrationlogs ADD COLUMN tier text NOT NULL DEFAULT 'basic'")
+    new = insert_log(running)
+    item = wait_for(lambda: log_item(dynamodb, running, new), 120, 0.5, "a new row's item")
+    assert item["Tier"] == {"S": "basic"}
+    assert "Tier" not in (log_item(dynamodb, running, old) or {})
+    done = cli(
+        running.consumer.config, "snapshot", "--table", logs.name, "--where", f"logid = {old}"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def filled() -> Item | None:
+        item = log_item(dynamodb, running, old)
+        return item if item and "Tier" in item else None
+
+    assert wait_for(filled, 180, 1.0, "the old row's item re-read")["Tier"] == {"S": "basic"}
+
+
 def parked_with(running: Running, reason: str, needle: str) -> list[Any]:
     return [
         p
