@@ -34,6 +34,7 @@ from replicator.stream.horizon import check_horizon, read_limits
 from replicator.stream.lookup import Lookups
 from replicator.stream.pipeline import Pipeline, Stats
 from replicator.stream.retry import RetryPolicy
+from replicator.stream.schema import Catalog
 from replicator.stream.sink import DynamoSink, Sink, Write
 from replicator.stream.source import KafkaSource
 
@@ -103,6 +104,8 @@ def pipeline(
         before_write,
         refuse_older_than_horizon,
         retry,
+        # The source database's catalog (not the lookup DSN's): unmapped columns' types.
+        Catalog(settings.postgres.dsn(), retry=retry),
     )
 
 

@@ -382,6 +382,7 @@ class Mapper:
         "column_names",
         "item_key",
         "key_attributes",
+        "key_columns",
         "key_of",
         "mapping",
         "source",
@@ -392,6 +393,15 @@ class Mapper:
         self.mapping = mapping
         self.key_attributes = tuple(mapping.key_attributes)
         self.column_names = frozenset(c.name for c in mapping.columns)
+        # The source columns the item's key is made of; for a lookup column, the column it
+        # is looked up by (a miss then parks the event, as for the new row).
+        using = {lk.column: lk.using for lk in mapping.lookups}
+        self.key_columns = frozenset(
+            using.get(name, name)
+            for attr in filter(None, [mapping.partition_key, mapping.sort_key])
+            for _, name, _ in _parsed(attr.template)
+            if name is not None
+        )
         self.to_item: Callable[[Row], tuple[Item, set[str]]]
         self.item_key: Callable[[Row], Item]
         self.key_of: Callable[[Item], Item]  # the key attributes of an item

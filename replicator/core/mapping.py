@@ -52,6 +52,11 @@ class Column(_Frozen):
         description="a decimal column's scale (numeric(10,2): 2): reads "
         "render its values with that many decimals from either store (DynamoDB keeps no scale)",
     )
+    nullable: bool = Field(
+        True,
+        description="false for a NOT NULL source column: an event whose row lacks it (the "
+        "column was dropped or renamed) is dead-lettered rather than written without it",
+    )
 
 
 class KeyAttribute(_Frozen):
@@ -191,6 +196,12 @@ class TableMapping(_Frozen):
         "days, with room for Kafka deleting a segment only once all of it is past retention",
     )
     _types: dict[str, ColumnType] = PrivateAttr(default_factory=dict)
+    unmapped_columns: Literal["ignore", "include"] = Field(
+        "ignore",
+        description="source columns the mapping does not name (added by ALTER TABLE): "
+        "always reported (a warning, a metric, a line in `replicator status`); 'include' also "
+        "writes them under their PascalCase name by their PostgreSQL type's rules",
+    )
     large_items: Literal["compress", "dead-letter"] = Field(
         "compress",
         description="an item over 400 KB: gzip its largest text columns (stored as "

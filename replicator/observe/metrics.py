@@ -8,6 +8,7 @@ consumer lag is refreshed at most every ``metrics.lag_interval_s``, not per reco
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter as Tally
@@ -193,6 +194,20 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.unmapped_columns = Gauge(
+            "replicator_unmapped_columns",
+            "1 for each source column the table's mapping does not name (added by ALTER TABLE; "
+            "written only with unmapped_columns: include); gone when the column is.",
+            ["table", "column"],
+            registry=r,
+        )
+        self.missing_columns = Gauge(
+            "replicator_missing_columns",
+            "1 for each mapped column missing from the source rows (dropped or renamed): "
+            "its attribute is no longer written, or events are dead-lettered if NOT NULL.",
+            ["table", "column"],
+            registry=r,
+        )
         self.start_time = start_time_gauge(r)
         for table in tables:
             for metric in (
@@ -258,6 +273,16 @@ class Metrics:
             if part.throttled:
                 self.throttled.labels(table).inc(part.throttled)
         self.batches.inc()
+
+    def schema_column(self, kind: str, table: str, column: str, present: bool) -> None:
+        """``kind`` unmapped or missing: a column seen (1) or gone (the series removed, so
+        that no stale 1 stays for a column dropped again)."""
+        gauge = self.unmapped_columns if kind == "unmapped" else self.missing_columns
+        if present:
+            gauge.labels(table, column).set(1)
+        else:
+            with contextlib.suppress(KeyError):
+                gauge.remove(table, column)
 
     # The source monitor's calls (its own thread, every metrics.source_interval_s).
 

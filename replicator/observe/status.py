@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -105,6 +106,10 @@ class TableStatus:
     # REPLICA IDENTITY of the source table: "FULL", "DEFAULT", ...; None when unknown.
     replica_identity: str | None = None
     replica_identity_ok: bool | None = None  # whether it shows every key move (see postgres.py)
+    # Source columns the mapping does not name, mapped columns the source rows lack (the
+    # consumers' replicator_unmapped_columns / replicator_missing_columns); None when unknown.
+    unmapped_columns: list[str] | None = None
+    missing_columns: list[str] | None = None
 
 
 @dataclass
@@ -280,6 +285,8 @@ def gather(
                 applied_per_s=r.applied_per_s if r else None,
                 replica_identity=identity.identity if identity else None,
                 replica_identity_ok=identity.ok if identity else None,
+                unmapped_columns=_columns(scrape, "replicator_unmapped_columns", mapping.name),
+                missing_columns=_columns(scrape, "replicator_missing_columns", mapping.name),
             )
         )
     report = Report(
@@ -293,6 +300,29 @@ def gather(
         errors=errors,
     )
     return report, scrape
+
+
+def _columns(scrape: Scrape | None, metric: str, table: str) -> list[str] | None:
+    """The columns a schema gauge shows present for a table, in any consumer."""
+    if scrape is None:
+        return None
+    return sorted(
+        {
+            labels["column"]
+            for labels, value in scrape.samples.get(metric, [])
+            if labels.get("table") == table and "column" in labels and value > 0
+        }
+    )
+
+
+def schema_line(unmapped: list[str] | None, missing: list[str] | None) -> str | None:
+    """The status screen's line about the source's columns; None when it has nothing to say."""
+    parts = []
+    if unmapped:
+        parts.append(f"unmapped columns: {', '.join(unmapped)}")
+    if missing:
+        parts.append(f"mapped columns missing from the source: {', '.join(missing)}")
+    return "; ".join(parts) or None
 
 
 def render(report: Report) -> Any:
@@ -345,6 +375,8 @@ def render(report: Report) -> Any:
             ev = NONE if t.events_per_s is None else f"{t.events_per_s:.1f}"
             ap = NONE if t.applied_per_s is None else f"{t.applied_per_s:.1f}"
             grid.add_row("throughput", f"{ev} events/s consumed, {ap} applied/s")
+            line = schema_line(t.unmapped_columns, t.missing_columns)
+            grid.add_row("source columns", f"[yellow]{escape(line)}[/]" if line else "as mapped")
         parts.append(Panel(grid, title=f"[bold]{t.table}[/] ← {t.source}", title_align="left"))
     for base, probe in report.probes.items():
         live = "[green]live[/]" if probe["live"] else "[red]not live[/]"

@@ -268,7 +268,7 @@ def coordinated_check(verifier: Verifier, timeout_s: float) -> Check:
         return Check(name, False, f"inserting the test row failed: {str(exc).strip()}", needed)
     assert raw is not None
     row = source_rows(mapping, [raw], verifier.lookups)[0]
-    expected = expect(mapping, row_pk(mapping, row), row).item
+    expected = verifier.expect(mapping, row_pk(mapping, row), row).item
     key = key_of(mapping, expected) if expected is not None else None
 
     def current() -> Item | None:

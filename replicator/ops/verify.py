@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -46,6 +46,7 @@ import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
 
 from replicator.config import Settings
 from replicator.core.events import Position, Row
@@ -58,6 +59,7 @@ from replicator.core.mapping import (
     format_timestamp,
     to_item,
 )
+from replicator.core.schema import Included, included_attributes, included_columns
 from replicator.errors import ConfigError, MappingError, ReplicatorError
 from replicator.observe.lag import consumer_lag
 from replicator.ops import control
@@ -65,6 +67,7 @@ from replicator.ops.purged import in_purged_window, purged_bounds
 from replicator.stream.dynamo import dynamodb_client
 from replicator.stream.lookup import Lookups
 from replicator.stream.rows import source_rows
+from replicator.stream.schema import Catalog
 from replicator.stream.source import newest_position
 
 Scope = Literal["full", "window", "sample"]
@@ -437,12 +440,30 @@ class Expectation:
     reason: str | None = None
 
 
-def expect(mapping: TableMapping, pk: dict[str, Any], row: Row | None) -> Expectation:
+def source_connection(settings: Settings, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A connection to the source database whose json and jsonb values arrive as PostgreSQL's
+    text of them, as Debezium sends them (psycopg would parse them into Python objects)."""
+    conn = psycopg.connect(settings.postgres.dsn(), autocommit=autocommit)
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, TextLoader)
+    return conn
+
+
+def expect(
+    mapping: TableMapping,
+    pk: dict[str, Any],
+    row: Row | None,
+    included: Sequence[Included] = (),
+) -> Expectation:
+    """``included``: the source's unmapped columns the consumers write (``unmapped_columns:
+    include``, replicator.stream.schema.included_columns)."""
     if row is None:
         return Expectation(pk)
     try:
         Lookups.require(mapping, row)
         item, _ = to_item(mapping, row)
+        if included:
+            item.update(included_attributes(included, row)[0])
     except MappingError as exc:
         return Expectation(pk, reason=str(exc))
     return Expectation(pk, item)
@@ -705,6 +726,21 @@ class Verifier:
         self._newest: str | None = None
         self._newest_lock = threading.Lock()
         self.purged: list[tuple[str, str]] = []  # the table's purged windows, read by run()
+        self._included: list[Included] | None = None  # asked of the catalog once, when needed
+        self._included_lock = threading.Lock()
+
+    def expect(self, mapping: TableMapping, pk: dict[str, Any], row: Row | None) -> Expectation:
+        """``expect``, with the unmapped columns the consumers write (``include``)."""
+        if mapping.unmapped_columns != "include":
+            return expect(mapping, pk, row)
+        with self._included_lock:
+            if self._included is None:
+                catalog = Catalog(self.settings.postgres.dsn())
+                try:
+                    self._included = included_columns(mapping, catalog.columns(mapping.source))
+                finally:
+                    catalog.close()
+        return expect(mapping, pk, row, self._included)
 
     def __enter__(self) -> Verifier:
         return self
@@ -881,7 +917,7 @@ class Verifier:
         fetch = self.options.fetch_rows
         lookups = Lookups(self.settings.postgres.lookups())  # its own connection: own thread
         try:
-            with psycopg.connect(self.settings.postgres.dsn()) as conn:
+            with source_connection(self.settings) as conn:
                 conn.read_only = True
                 # A named cursor: the server keeps the result, we fetch `fetch` rows at a time.
                 with conn.cursor(
@@ -896,7 +932,7 @@ class Verifier:
                         lines = []
                         for row in source_rows(mapping, records, lookups):
                             pk = row_pk(mapping, row)
-                            exp = expect(mapping, pk, row)
+                            exp = self.expect(mapping, pk, row)
                             if exp.item is None:
                                 candidates.add({"kind": "unmappable", "key": None, "pk": pk})
                                 continue
@@ -1050,7 +1086,7 @@ class Verifier:
                 if pk is not None:
                     pks.setdefault(pk_tuple(mapping, pk), pk)
         rows = self._rows(list(pks.values()))
-        expectations = [expect(mapping, pk, rows.get(t)) for t, pk in pks.items()]
+        expectations = [self.expect(mapping, pk, rows.get(t)) for t, pk in pks.items()]
         more = [
             key_of(mapping, e.item)
             for e in expectations
@@ -1172,14 +1208,14 @@ class Verifier:
         first = self._rows(pks)
         keys = {}
         for pk in pks:
-            exp = expect(mapping, pk, first.get(pk_tuple(mapping, pk)))
+            exp = self.expect(mapping, pk, first.get(pk_tuple(mapping, pk)))
             if exp.item is not None:
                 keys[pk_tuple(mapping, pk)] = key_of(mapping, exp.item)
         observed = self._get_items(list(keys.values()))  # the item before the row: see repair
         second = self._rows(pks)
         for pk in pks:
             t = pk_tuple(mapping, pk)
-            exp = expect(mapping, pk, second.get(t))
+            exp = self.expect(mapping, pk, second.get(t))
             if exp.item is None or t not in keys or key_of(mapping, exp.item) != keys[t]:
                 report.repair_skipped += 1  # deleted, unmappable or moved meanwhile
                 self.progress.advance("repair", 1)
@@ -1211,7 +1247,7 @@ class Verifier:
                 continue  # gone meanwhile
             pk = pk_of_item(mapping, item)
             if pk is not None:
-                exp = expect(mapping, pk, rows.get(pk_tuple(mapping, pk)))
+                exp = self.expect(mapping, pk, rows.get(pk_tuple(mapping, pk)))
                 if exp.item is not None and key_text(mapping, exp.item) == text:
                     report.repair_skipped += 1  # its row maps here now: not extra any more
                     self.progress.advance("repair", 1)
@@ -1291,7 +1327,7 @@ class Verifier:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.settings.postgres.dsn(), autocommit=True)
+                self._conn = source_connection(self.settings, autocommit=True)
             except psycopg.Error as exc:
                 raise ReplicatorError(f"PostgreSQL unreachable: {str(exc).strip()}") from exc
         return self._conn

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 from confluent_kafka import Message
@@ -15,8 +16,10 @@ from confluent_kafka import Message
 from replicator.config import Settings
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent, Op, Origin, Skip
+from replicator.core.items import item_size, size_bound
 from replicator.core.mapper import mapper
-from replicator.core.mapping import TableMapping
+from replicator.core.mapping import MAX_ITEM_BYTES, TableMapping
+from replicator.core.schema import Included, included_attributes
 from replicator.errors import (
     DecodeError,
     LookupMissError,
@@ -32,10 +35,12 @@ from replicator.stream.deadletter import DeadLetters
 from replicator.stream.horizon import cutoff_ms
 from replicator.stream.lookup import Lookups
 from replicator.stream.retry import RetryPolicy
+from replicator.stream.schema import Catalog, SchemaError, SchemaWatch
 from replicator.stream.sink import Change, Sink, Write, plan
 from replicator.stream.source import KafkaSource
 
 log = structlog.get_logger("replicator.stream.pipeline")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Pipeline:
         before_write: Callable[[list[Write]], None] | None = None,
         refuse_older_than_horizon: bool = False,
         retry: RetryPolicy | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -90,6 +96,9 @@ class Pipeline:
         # Changes of a purge's transactions (tagged with this replication origin) deleted rows
         # from PostgreSQL only: DynamoDB keeps them (Phase 5, replicator.ops.purge).
         self.purge_origin = settings.purge.origin
+        # Source schema changes: unmapped columns, dropped ones, changed types (stream.schema).
+        self.catalog = catalog
+        self.schema = SchemaWatch(catalog.columns if catalog else None, self.metrics)
 
     def run(self, until: Callable[[Stats], bool] | None = None) -> Stats:
         """Process batches until stop() or ``until(stats)``; commits after every batch."""
@@ -128,6 +137,8 @@ class Pipeline:
         self.source.close()
         self.sink.close()
         self.lookups.close()
+        if self.catalog is not None:
+            self.catalog.close()
         self.dead_letters.flush()
 
     def process(self, messages: list[Message]) -> None:
@@ -213,7 +224,7 @@ class Pipeline:
             )
 
     def _changes(self, messages: list[Message]) -> tuple[list[Change], Counter[str]]:
-        decoded: list[tuple[Message, TableMapping, ChangeEvent]] = []
+        decoded: list[tuple[Message, TableMapping, ChangeEvent, list[Included]]] = []
         skipped: Counter[str] = Counter()
         refused: Counter[str] = Counter()
         now_ms = int(time.time() * 1000)
@@ -251,7 +262,14 @@ class Pipeline:
             if self.refuse_older_than_horizon and event.source_ts_ms < cutoff_ms(mapping, now_ms):
                 refused[mapping.name] += 1
                 continue
-            decoded.append((message, mapping, event))
+            included: list[Included] = _NO_COLUMNS
+            if event.op is Op.UPSERT:  # a delete's old row may hold only the key
+                try:
+                    included = self._schema_checked(mapping, event)
+                except SchemaError as exc:
+                    self._park(message, "schema", str(exc))
+                    continue
+            decoded.append((message, mapping, event, included))
         for table, count in refused.items():
             log.warning(
                 "events older than the no-resurrection horizon not applied",
@@ -261,38 +279,50 @@ class Pipeline:
             self.stats.refused += count
             skipped[table] += count  # in the metrics: consumed = applied + stale + skipped + ...
 
-        for mapping in {id(m): m for _, m, _ in decoded}.values():
-            rows = [r for _, m, e in decoded if m is mapping for r in (e.row, e.before) if r]
-            attempt = 0
-            while True:
-                try:
-                    self.lookups.fill(mapping, rows)
-                    break
-                except LookupUnavailableError as exc:
-                    # A database outage is not the events' fault: wait, never dead-letter.
-                    self.health.write_failed(str(exc))
-                    pause = self.retry.backoff(attempt)
-                    log.warning(
-                        "lookup database unavailable; waiting",
-                        table=mapping.name,
-                        retry_in_s=round(pause, 3),
-                        error=str(exc)[:300],
-                    )
-                    attempt += 1
-                    self.health.turned()
-                    if self.stopping.wait(pause):
-                        raise
-                    self.health.turned()
+        for mapping in {id(m): m for _, m, _, _ in decoded}.values():
+            rows = [r for _, m, e, _ in decoded if m is mapping for r in (e.row, e.before) if r]
+            self._until_available(mapping.name, lambda m=mapping, r=rows: self.lookups.fill(m, r))
 
         changes = []
-        for message, mapping, event in decoded:
+        for message, mapping, event, included in decoded:
             try:
-                changes.append(to_change(mapping, event))
+                changes.append(to_change(mapping, event, included))
             except LookupMissError as exc:
                 self._park(message, "lookup-miss", str(exc))
             except MappingError as exc:
-                self._park(message, "mapping", str(exc))
+                # "schema" when the source's column types no longer fit the mapping.
+                self._park(message, *self.schema.explain(mapping, exc))
         return changes, skipped
+
+    def _schema_checked(self, mapping: TableMapping, event: ChangeEvent) -> list[Included]:
+        """The unmapped columns to write; SchemaError when the event parks. The catalog is
+        asked only when a table's shape changes: waiting for it is the rare path."""
+        try:
+            return self.schema.check(mapping, event)
+        except LookupUnavailableError:
+            return self._until_available(mapping.name, lambda: self.schema.check(mapping, event))
+
+    def _until_available(self, table: str, call: Callable[[], _T]) -> _T:
+        """``call``, again and again while the PostgreSQL it asks does not answer."""
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except LookupUnavailableError as exc:
+                # A database outage is not the events' fault: wait, never dead-letter.
+                self.health.write_failed(str(exc))
+                pause = self.retry.backoff(attempt)
+                log.warning(
+                    "lookup database unavailable; waiting",
+                    table=table,
+                    retry_in_s=round(pause, 3),
+                    error=str(exc)[:300],
+                )
+                attempt += 1
+                self.health.turned()
+                if self.stopping.wait(pause):
+                    raise
+                self.health.turned()
 
     def _park(self, message: Message, reason: str, detail: str) -> None:
         # The detail can quote a value of the row: it goes to the dead-letter record's headers
@@ -311,19 +341,33 @@ class Pipeline:
         self._dead_lettered[table] += 1
 
 
-def to_change(mapping: TableMapping, event: ChangeEvent) -> Change:
-    """Map a decoded event to the item (or delete marker) it produces. Pure."""
+def to_change(
+    mapping: TableMapping, event: ChangeEvent, included: list[Included] | None = None
+) -> Change:
+    """Map a decoded event to the item (or delete marker) it produces, with the unmapped
+    columns ``included`` (stream.schema) written too. Pure."""
     compiled = mapper(mapping)  # the mapping interpreted once, not per event
     if mapping.lookups:
         Lookups.require(mapping, event.row)
     if event.op is Op.DELETE:
         return Change(mapping, event, compiled.item_key(event.row), None)
     item, unavailable = compiled.to_item(event.row)
+    if included:
+        extra, extra_unavailable = included_attributes(included, event.row)
+        item.update(extra)
+        unavailable |= extra_unavailable
+        if size_bound(item) > MAX_ITEM_BYTES and item_size(item) > MAX_ITEM_BYTES:
+            raise MappingError(
+                f"item is {item_size(item)} bytes with the unmapped columns written "
+                "(unmapped_columns: include), over DynamoDB's 400 KB limit"
+            )
     key = compiled.key_of(item)
     old_key = None
     # With REPLICA IDENTITY DEFAULT the old row holds only the key columns: no key move can be
     # seen then. With FULL it holds every column.
-    if event.before is not None and event.before.keys() >= compiled.column_names:
+    # A mapped column dropped from the source leaves the old row without it: what matters is
+    # that the old row holds every column the keys are made of.
+    if event.before is not None and event.before.keys() >= compiled.key_columns:
         if mapping.lookups:
             Lookups.require(mapping, event.before)
         before_key = compiled.item_key(event.before)
@@ -334,3 +378,4 @@ def to_change(mapping: TableMapping, event: ChangeEvent) -> Change:
 
 
 _NOTHING_KEPT: frozenset[str] = frozenset()
+_NO_COLUMNS: list[Included] = []

@@ -1,7 +1,8 @@
 """Every metric the Grafana dashboard and the alert rules reference is really exported: the
 consumer's names by a live `replicator run` (as samples: its series start at 0 for every
-mapped table), the read path's by a live read API (as declared families: its labelled series
-appear with the first read, fallback or mismatch)."""
+mapped table), the read path's by a live read API and the schema gauges (as declared
+families: their labelled series appear with the first read, fallback or mismatch, or the first
+source column that is not as mapped)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,13 @@ def test_every_referenced_metric_is_exported(consumer_factory: Any, settings: Se
     referenced = referenced_metrics()
     reads = {n for n in referenced if n.startswith(("replicator_read_", "replicator_reads_"))}
     assert reads, "the dashboard covers the read path"
-    missing_from_consumer = sorted(referenced - reads - consumer_names)
+    # The schema gauges have a series per column only once a source column is not as mapped
+    # (replicator.stream.schema): declared, with no sample on a source that matches.
+    schema = {"replicator_unmapped_columns", "replicator_missing_columns"}
+    assert schema <= referenced, "the dashboard and the alerts cover schema changes"
+    assert schema <= declared_names(body), sorted(schema - declared_names(body))
+    assert not schema & consumer_names, "the shared source matches its mapping"
+    missing_from_consumer = sorted(referenced - reads - schema - consumer_names)
     assert not missing_from_consumer, f"not exported by the consumer: {missing_from_consumer}"
     missing_from_reads = sorted(reads - read_names)
     assert not missing_from_reads, f"not exported by the read API: {missing_from_reads}"

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from replicator.config import default_tables
 from replicator.core.events import ChangeEvent, Op, Origin, Position
 from replicator.core.mapper import Mapper, mapper
-from replicator.core.mapping import UNAVAILABLE, TableMapping, item_key, to_item
+from replicator.core.mapping import UNAVAILABLE, TableMapping, item_key, template_fields, to_item
+from replicator.core.schema import Included, included_attributes
 from replicator.stream.lookup import Lookups
 from replicator.stream.pipeline import to_change
 from replicator.stream.sink import Change
@@ -167,7 +168,10 @@ def reference_change(mapping: TableMapping, event: ChangeEvent) -> Change:
     item, unavailable = to_item(mapping, event.row)
     key = {name: item[name] for name in mapping.key_attributes}
     old_key = None
-    if event.before is not None and all(c.name in event.before for c in mapping.columns):
+    keys = [a for a in (mapping.partition_key, mapping.sort_key) if a is not None]
+    using = {lk.column: lk.using for lk in mapping.lookups}
+    key_columns = [using.get(n, n) for a in keys for n, _ in template_fields(a.template)]
+    if event.before is not None and all(name in event.before for name in key_columns):
         Lookups.require(mapping, event.before)
         before_key = item_key(mapping, event.before)
         if before_key != key:
@@ -224,3 +228,33 @@ def test_a_template_format_the_compiler_does_not_know_falls_back_to_the_mapping(
     assert (
         compiled.key_of(item) == Mapper(LOGS).key_of(item) == {"PK": {"S": "p"}, "SK": {"S": "s"}}
     )
+
+
+INCLUDED = [Included("riskscore", "Riskscore", "decimal"), Included("tier", "Tier", "text")]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    row=rows_of(LOGS),
+    risk=st.one_of(st.none(), st.decimals(allow_nan=False, allow_infinity=False).map(str)),
+    tier=st.one_of(st.none(), st.text(max_size=5), st.integers()),
+)
+def test_included_columns_are_added_to_the_reference_item_alike(
+    row: dict[str, Any], risk: str | None, tier: Any
+) -> None:
+    row = {**row, "riskscore": risk, "tier": tier}
+    event = ChangeEvent(
+        LOGS.source, Op.UPSERT, {"logid": 1}, row, None, Position(1, 1, 1), 0, False,
+        Origin("t", 0, 0),
+    )  # fmt: skip
+
+    def reference() -> Any:
+        item, unavailable = to_item(LOGS, row)
+        extra, more = included_attributes(INCLUDED, row)
+        return {**item, **extra}, unavailable | more
+
+    def compiled() -> Any:
+        change = to_change(LOGS, event, INCLUDED)
+        return change.item, set(change.keep)
+
+    assert outcome(compiled) == outcome(reference)

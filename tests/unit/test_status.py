@@ -317,3 +317,33 @@ def test_replica_identity_full_is_needed_only_where_keys_can_move() -> None:
     assert IdentityCheck("dbo.notes", "DEFAULT", frozenset()).ok  # key = primary key only
     assert IdentityCheck("dbo.payments", "FULL", frozenset({"paymentdate"})).ok
     assert not IdentityCheck("dbo.gone", None, frozenset()).ok
+
+
+def test_the_source_columns_line_names_what_the_consumers_see_not_as_mapped() -> None:
+    from rich.console import Console
+
+    from replicator.observe.status import _columns
+
+    metrics = Metrics()
+    metrics.schema_column("unmapped", "Payments", "channel", True)
+    metrics.schema_column("unmapped", "Payments", "[gone]", True)
+    metrics.schema_column("unmapped", "Payments", "[gone]", False)
+    metrics.schema_column("missing", "Payments", "transactionid", True)
+    metrics.schema_column("unmapped", "IntegrationLogs", "risk", True)
+    scrape = from_registry(metrics)
+    assert _columns(scrape, "replicator_unmapped_columns", "Payments") == ["channel"]
+    assert _columns(scrape, "replicator_missing_columns", "Payments") == ["transactionid"]
+    assert _columns(None, "replicator_missing_columns", "Payments") is None
+
+    table = _report().tables[0]
+    table.unmapped_columns, table.missing_columns = ["channel"], ["transactionid"]
+    console = Console(width=160, record=True)
+    console.print(render(_report(tables=[table])))
+    assert (
+        "source columns    unmapped columns: channel; mapped columns missing from the source: "
+        "transactionid" in console.export_text()
+    )
+    table.unmapped_columns, table.missing_columns = [], []
+    console = Console(width=160, record=True)
+    console.print(render(_report(tables=[table])))
+    assert "source columns    as mapped" in console.export_text()
