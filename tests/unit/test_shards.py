@@ -20,6 +20,7 @@ from replicator.config import default_tables
 from replicator.core.events import ChangeEvent, Op, Origin, Position
 from replicator.core.mapper import Mapper
 from replicator.core.mapping import TableMapping, item_key, template_fields, to_item
+from replicator.ops.tables import SHARDS_TAG, shards_refusal, table_definition
 from replicator.reads.dynamo import merge_newest_first
 from replicator.reads.patterns import Pattern, decode_cursor, encode_cursor
 from replicator.stream.pipeline import to_change
@@ -281,3 +282,20 @@ def test_sharded_reads_keep_the_order_attribute_and_its_time_text() -> None:
     row = log_row(logid=12, logtimestamp=micros(2024, 1, 15, 0, 0, 0, 1))
     item, _ = to_item(mapping, row)
     assert item["SK"] == {"S": "2024-01-15T00:00:00.000001Z#0000000000000000012"}
+
+
+# --- tables: the shard count a table records ------------------------------------------------
+
+
+def test_a_table_records_its_shard_count_and_refuses_another() -> None:
+    four = sharded(4)
+    assert table_definition(four)["Tags"] == [{"Key": SHARDS_TAG, "Value": "4"}]
+    assert table_definition(four)["KeySchema"] == table_definition(LOGS)["KeySchema"]
+    assert shards_refusal(four, 4, empty=False) is None
+    assert shards_refusal(LOGS, 1, empty=False) is None
+    assert shards_refusal(LOGS, None, empty=False) is None  # made before shards: unsharded
+    assert shards_refusal(four, None, empty=True) is None  # nothing in it is keyed yet
+    for recorded, empty in ((None, False), (2, False), (2, True), (1, False)):
+        refusal = shards_refusal(four, recorded, empty)
+        assert refusal is not None and "resharding.md" in refusal and "shards: 4" in refusal
+    assert "keyed for shards: 4" in (shards_refusal(LOGS, 4, empty=True) or "")
