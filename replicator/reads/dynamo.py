@@ -130,11 +130,12 @@ class DynamoReads(PatternReads):
         """The pattern's items newest first by its order attribute, possibly a few too many."""
         assert p.order is not None
         order = p.order
+        if p.decl.fan_out == "days":
+            return self._by_day(p, q, page)
+        page = shard_page(page, p.shards)
         pk, _, sk = p.key
         index = p.index.name if p.index else None
         upper = q.upper
-        if p.decl.fan_out == "days":
-            return self._by_day(p, q, page)
         if p.regroup:  # a date index: each date's items are re-ordered by the order attribute
             assert sk is not None
             group = sk
@@ -161,6 +162,7 @@ class DynamoReads(PatternReads):
         the days' items are already in sort-key order one after another (each day's shards
         merged)."""
         assert p.order is not None
+        page = shard_page(page, p.shards)
         pk, _, sk = p.key
         upper = q.upper or ""
         last = day_of(upper) if q.after else day_of(q.end or "")
@@ -321,6 +323,15 @@ def _by_sort_key(
 
 
 _END: Any = object()
+
+
+def shard_page(want: int, shards: int) -> int:
+    """How many items to ask each of ``shards`` shards for in its first query, when ``want``
+    make a page: its share with room for an uneven spread, not the whole page from each (N
+    times the read units). A shard the merge needs more of is read on by its next query."""
+    if shards == 1:
+        return want
+    return min(want, -(-want * 5 // (shards * 4)) + 2)
 
 
 def _first(stream: Iterator[Item]) -> Any:

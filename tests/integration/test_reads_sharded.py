@@ -3,7 +3,8 @@ application and failure indexes carry logid mod 4; the correlation index does no
 by the real pipeline. Every read pattern answers identically from PostgreSQL and DynamoDB, page
 by page with small pages, and as an independent oracle says; items sit in all four shards;
 verify over the sharded table is clean, finds planted divergences at their sharded keys and
-repairs them; `tables create` refuses a table keyed for another shard count."""
+repairs them; `tables create` refuses a table keyed for another shard count; re-sharding (4 to
+2) is a backfill into a new table that verifies clean."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import contextlib
 import datetime as dt
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
-from replicator.config import Settings
+from replicator.config import Settings, load_settings
 from replicator.core.mapping import TableMapping, to_item
 from replicator.errors import ReplicatorError
 from replicator.ops.tables import SHARDS_TAG, ensure_table, table_definition
@@ -24,7 +27,7 @@ from replicator.ops.verify import VerifyOptions, Window, verify
 from replicator.reads.dynamo import DynamoReads
 from replicator.reads.postgres import PostgresReads
 from replicator.stream.rows import source_row
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import cli, wait_for
 from tests.integration.reads_data import ReadsWorld, build_world
 from tests.integration.test_reads import (
     all_pages,
@@ -48,8 +51,12 @@ def _shard(data: dict[str, Any]) -> None:
             shard_logs(table, SHARDS)
 
 
+STARTED: list[str] = []  # when the world began to be written (ISO), for a replay of it
+
+
 @pytest.fixture(scope="module")
 def world(consumer_factory: Any, pg: psycopg.Connection[Any], dynamodb: Any) -> Any:
+    STARTED.append((dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)).isoformat())
     built = build_world(consumer_factory, pg, SUFFIX, _shard)
     yield built
     if built.consumer.alive():
@@ -243,3 +250,68 @@ def test_tables_create_refuses_a_table_keyed_for_another_shard_count(
             ensure_table(dynamodb, definition)
     finally:
         dynamodb.delete_table(TableName=legacy)
+
+
+def _config_with(world: ReadsWorld, folder: Path, **logs: Any) -> Path:
+    """The world's consumer config with the logs mapping's fields changed."""
+    data = yaml.safe_load(world.consumer.config.read_text())
+    for table in data["tables"]:
+        if table["source"] == "dbo.integrationlogs":
+            table.update(logs)
+    path = folder / f"replicator-{'-'.join(f'{k}{v}' for k, v in logs.items())}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_tables_create_names_the_shard_mismatch_without_a_traceback(
+    world: ReadsWorld, tmp_path: Path
+) -> None:
+    config = _config_with(world, tmp_path, shards=2)
+    done = cli(config, "tables", "create", timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "keyed for shards: 4" in done.stderr and "resharding.md" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_resharding_is_a_backfill_into_a_new_table(
+    world: ReadsWorld, dynamodb: Any, tmp_path: Path
+) -> None:
+    w = world
+    target = f"{w.logs_table}_s2"
+    config = _config_with(w, tmp_path, shards=2)
+    try:
+        done = cli(
+            config, "backfill", "--table", w.logs_table, "--into", target,
+            "--from-time", STARTED[0], timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        arn = dynamodb.describe_table(TableName=target)["Table"]["TableArn"]
+        assert {"Key": SHARDS_TAG, "Value": "2"} in dynamodb.list_tags_of_resource(ResourceArn=arn)[
+            "Tags"
+        ]
+        # The new table's mapping is the re-sharded one under the new name: verify it there.
+        renamed = load_settings(_config_with(w, tmp_path, shards=2, name=target))
+        mapping = logs_mapping(renamed)
+        report = verify(renamed, mapping, VerifyOptions(window=_window(w), record=False))
+        assert report.clean and report.matched == len(w.log_ids), report.divergences
+        items = []
+        for page in dynamodb.get_paginator("scan").paginate(TableName=target):
+            items += [i for i in page["Items"] if "_deleted" not in i]
+        ours = [i for i in items if i.get("ServiceName", {}).get("S") in w.services]
+        assert len(ours) == len(w.log_ids)
+        assert {i["PK"]["S"].rsplit("#", 1)[1] for i in ours} == {"0", "1"}
+        # And the read path over it answers as PostgreSQL does.
+        postgres, dynamo = PostgresReads(renamed), DynamoReads(renamed)
+        try:
+            for pattern, args, limit in list_cases(w):
+                if pattern.startswith("payments"):
+                    continue
+                assert typed(all_pages(dynamo, pattern, args, limit)) == typed(
+                    all_pages(postgres, pattern, args, limit)
+                ), (pattern, args)
+        finally:
+            postgres.close()
+            dynamo.close()
+    finally:
+        with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
+            dynamodb.delete_table(TableName=target)

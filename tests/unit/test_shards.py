@@ -21,7 +21,7 @@ from replicator.core.events import ChangeEvent, Op, Origin, Position
 from replicator.core.mapper import Mapper
 from replicator.core.mapping import TableMapping, item_key, template_fields, to_item
 from replicator.ops.tables import SHARDS_TAG, shards_refusal, table_definition
-from replicator.reads.dynamo import merge_newest_first
+from replicator.reads.dynamo import merge_newest_first, shard_page
 from replicator.reads.patterns import Pattern, decode_cursor, encode_cursor
 from replicator.stream.pipeline import to_change
 
@@ -299,3 +299,14 @@ def test_a_table_records_its_shard_count_and_refuses_another() -> None:
         refusal = shards_refusal(four, recorded, empty)
         assert refusal is not None and "resharding.md" in refusal and "shards: 4" in refusal
     assert "keyed for shards: 4" in (shards_refusal(LOGS, 4, empty=True) or "")
+
+
+def test_each_shard_is_first_asked_for_its_share_of_a_page() -> None:
+    assert shard_page(51, 1) == 51
+    assert shard_page(51, 4) == 18  # 51 / 4 = 12.75, with a quarter more and two to spare
+    assert shard_page(2, 4) == 2  # never more than the page
+    assert shard_page(1000, 64) == 22
+    for want in range(1, 600):
+        for shards in (2, 4, 8, 64):
+            assert 1 <= shard_page(want, shards) <= want
+            assert shard_page(want, shards) * shards >= want  # one round covers a page
