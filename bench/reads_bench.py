@@ -278,24 +278,25 @@ def main() -> None:
 
 def run_all(options: argparse.Namespace, base: Settings, endpoint: str) -> None:
     conn = psycopg.connect(base.postgres.dsn(), autocommit=True)
-    readers: list[Any] = []
+    stores: dict[int, tuple[PostgresReads, DynamoReads]] = {}
     try:
         say(f"PostgreSQL: {options.logs} logs, {options.payments} payments in schema {SCHEMA}")
         fill_postgres(conn, options.logs, options.payments, options.customers)
+        for shards in options.shards:
+            settings = bench_settings(base, endpoint, shards)
+            fill_dynamodb(settings, conn, fresh=options.stack_endpoint)
+            # A PostgreSQL reader per count too: rows carry the key, which the count changes.
+            stores[shards] = PostgresReads(settings), DynamoReads(settings)
         rows = [
             "| pattern | shards | PostgreSQL p50 | p95 | DynamoDB p50 | p95 | rows/read | differ |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for shards in options.shards:
-            settings = bench_settings(base, endpoint, shards)
-            fill_dynamodb(settings, conn, fresh=options.stack_endpoint)
-            postgres, dynamo = PostgresReads(settings), DynamoReads(settings)
-            readers += [postgres, dynamo]
-            rows += measure(options, conn, postgres, dynamo, shards)
+        rows += measure(options, conn, stores)
         print("\n".join(rows))
     finally:
-        for reader in readers:
-            reader.close()
+        for pair in stores.values():
+            for reader in pair:
+                reader.close()
         if not options.keep:
             conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         conn.close()
@@ -304,40 +305,42 @@ def run_all(options: argparse.Namespace, base: Settings, endpoint: str) -> None:
 def measure(
     options: argparse.Namespace,
     conn: psycopg.Connection[Any],
-    postgres: PostgresReads,
-    dynamo: DynamoReads,
-    shards: int,
+    stores: dict[int, tuple[PostgresReads, DynamoReads]],
 ) -> list[str]:
-    """One table row per pattern (log patterns only when sharded: payments do not change)."""
-    rng = random.Random(7)  # the same parameters for every shard count
+    """One table row per pattern and shard count (log patterns only when sharded: payments do
+    not change). Each read asks every shard count's table in turn with the same parameters, so
+    the machine's load, which drifts on a shared host, falls on all of them alike."""
+    rng = random.Random(7)
     rows = []
     for name, make in cases(rng, conn, options.customers).items():
         method = name.split(" ")[0]
-        if shards > 1 and not method.startswith(("logs", "log_", "failures")):
-            continue
-        timings: dict[str, list[float]] = {"postgres": [], "dynamodb": []}
-        sizes, differ = [], 0
+        counts = [n for n in stores if n == 1 or method.startswith(("logs", "log_", "failures"))]
+        timings: dict[tuple[int, str], list[float]] = {
+            (count, store): [] for count in counts for store in ("postgres", "dynamodb")
+        }
+        sizes: list[int] = []
+        differ = dict.fromkeys(counts, 0)
         for n in range(options.reads + 10):
             args, kwargs = make()
-            answers = []
-            for store, reader in (("postgres", postgres), ("dynamodb", dynamo)):
-                started = time.perf_counter()
-                answer = getattr(reader, method)(*args, **kwargs)
-                elapsed = time.perf_counter() - started
-                if n >= 10:  # warm-up
-                    timings[store].append(elapsed * 1000)
-                answers.append(answer)
-            differ += not same(answers[0], answers[1])
+            for count in counts:
+                answers = []
+                for store, reader in zip(("postgres", "dynamodb"), stores[count], strict=True):
+                    started = time.perf_counter()
+                    answers.append(getattr(reader, method)(*args, **kwargs))
+                    if n >= 10:  # warm-up
+                        timings[count, store].append((time.perf_counter() - started) * 1000)
+                differ[count] += not same(answers[0], answers[1])
             result = answers[0]
             sizes.append(len(result.rows) if hasattr(result, "rows") else int(bool(result)))
-        pg, dy = timings["postgres"], timings["dynamodb"]
-        rows.append(
-            f"| {name} | {shards} | {statistics.median(pg):.1f} ms | "
-            f"{percentile(pg, 0.95):.1f} ms | "
-            f"{statistics.median(dy):.1f} ms | {percentile(dy, 0.95):.1f} ms | "
-            f"{statistics.mean(sizes):.1f} | {differ} |"
-        )
-        say(rows[-1])
+        for count in counts:
+            pg, dy = timings[count, "postgres"], timings[count, "dynamodb"]
+            rows.append(
+                f"| {name} | {count} | {statistics.median(pg):.1f} ms | "
+                f"{percentile(pg, 0.95):.1f} ms | "
+                f"{statistics.median(dy):.1f} ms | {percentile(dy, 0.95):.1f} ms | "
+                f"{statistics.mean(sizes):.1f} | {differ[count]} |"
+            )
+            say(rows[-1])
     return rows
 
 
