@@ -14,8 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.core.mapping import TableMapping
 from replicator.errors import ReplicatorError
-
-SHARDS_TAG = "replicator:shards"
+from replicator.stream.layout import RUNBOOK, SHARDS_TAG, table_shards
 
 
 def table_definition(mapping: TableMapping) -> dict[str, Any]:
@@ -91,20 +90,14 @@ def shards_refusal(mapping: TableMapping, recorded: int | None, empty: bool) -> 
     held = f"is keyed for shards: {recorded}" if recorded else "holds unsharded items (no tag)"
     return (
         f"table {mapping.name} {held}, the mapping says shards: {mapping.shards}; every "
-        "partition key would differ. Re-shard by a backfill into a new table "
-        "(docs/runbooks/resharding.md), or put shards back"
+        f"partition key would differ. Re-shard by a backfill into a new table ({RUNBOOK}), "
+        "or put shards back"
     )
 
 
 def _check_shards(client: Any, mapping: TableMapping, arn: str) -> None:
-    tags = client.list_tags_of_resource(ResourceArn=arn).get("Tags", [])
-    found = next((t["Value"] for t in tags if t["Key"] == SHARDS_TAG), None)
-    try:
-        recorded = int(found) if found is not None else None
-    except ValueError:
-        raise ReplicatorError(
-            f"table {mapping.name}: tag {SHARDS_TAG}={found!r} is not a number"
-        ) from None
+    found = table_shards(client, mapping.name)
+    recorded = found[1] if found else None
     empty = False
     if recorded is None and mapping.shards > 1:
         empty = not client.scan(TableName=mapping.name, Limit=1, Select="COUNT").get("Count")

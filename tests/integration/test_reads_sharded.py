@@ -315,3 +315,13 @@ def test_resharding_is_a_backfill_into_a_new_table(
     finally:
         with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
             dynamodb.delete_table(TableName=target)
+
+
+def test_run_refuses_a_table_keyed_for_another_shard_count(
+    world: ReadsWorld, tmp_path: Path
+) -> None:
+    config = _config_with(world, tmp_path, shards=2)
+    done = cli(config, "run", "--until-idle", "1", timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "keyed for shards: 4, the mapping says shards: 2" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -23,6 +23,7 @@ from replicator.core.mapping import TableMapping, item_key, template_fields, to_
 from replicator.ops.tables import SHARDS_TAG, shards_refusal, table_definition
 from replicator.reads.dynamo import merge_newest_first, shard_page
 from replicator.reads.patterns import Pattern, decode_cursor, encode_cursor
+from replicator.stream.layout import run_refusal
 from replicator.stream.pipeline import to_change
 
 LOGS, PAYMENTS = default_tables()
@@ -310,3 +311,12 @@ def test_each_shard_is_first_asked_for_its_share_of_a_page() -> None:
         for shards in (2, 4, 8, 64):
             assert 1 <= shard_page(want, shards) <= want
             assert shard_page(want, shards) * shards >= want  # one round covers a page
+
+
+def test_run_refuses_another_count_and_an_untagged_table_of_a_sharded_mapping() -> None:
+    four = sharded(4)
+    assert run_refusal(four, 4) is None and run_refusal(LOGS, 1) is None
+    assert run_refusal(LOGS, None) is None  # made before shards existed, or by hand
+    assert "keyed for shards: 2" in (run_refusal(four, 2) or "")
+    assert "keyed for shards: 4" in (run_refusal(LOGS, 4) or "")
+    assert "tables create" in (run_refusal(four, None) or "")
