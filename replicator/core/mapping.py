@@ -395,6 +395,12 @@ class TableMapping(_Frozen):
                     f"{where}: {queried!r} carries a shard suffix: the partition template "
                     "needs {shard} where it goes (every shard is queried)"
                 )
+            if sharded and _around_shard(p.partition or "") != _around_shard(templates[queried]):
+                # Otherwise every query would ask for partitions no item is in.
+                raise ValueError(
+                    f"{where}: {{shard}} must sit between the same text as the shard suffix "
+                    f"of {queried!r} ({templates[queried]!r})"
+                )
             if p.fan_out and (p.index or not p.range or kinds[p.range.column] != "timestamp"):
                 raise ValueError(f"{where}: fan_out days is on the table key, by a time range")
             if p.single:
@@ -438,6 +444,17 @@ class TableMapping(_Frozen):
 
     def column_types(self) -> dict[str, ColumnType]:
         return self._types
+
+
+def _around_shard(template: str) -> tuple[str, str]:
+    """The literal text just before and just after a template's shard field ({column:shard} of
+    a key, {shard} of a read pattern's partition)."""
+    parts = list(_FORMATTER.parse(template))
+    for n, (literal, name, spec, _) in enumerate(parts):
+        if name == "shard" or spec == SHARD:
+            after = parts[n + 1][0] if n + 1 < len(parts) else ""
+            return literal, after
+    return "", ""
 
 
 def known_format(spec: str) -> bool:

@@ -112,6 +112,18 @@ def test_a_pattern_on_a_sharded_key_must_name_the_shard_and_only_then() -> None:
     refused(data, "partition names 'shard'")
 
 
+@pytest.mark.parametrize(
+    "partition", ["{service}-{day}-{shard}", "{service}-{day}{shard}", "{service}-{shard}#{day}"]
+)
+def test_a_pattern_shard_where_the_key_has_none_is_refused(partition: str) -> None:
+    # PK is '{servicename}-{logtimestamp:date}#{logid:shard}': "#" before, nothing after.
+    data = logs_data(4)
+    for pattern in data["reads"]["patterns"]:
+        if pattern["name"] == "logs_by_service":
+            pattern["partition"] = partition
+    refused(data, "must sit between the same text as the shard suffix of 'PK'")
+
+
 # --- keys: the reference path and the compiled one ----------------------------------------
 
 
