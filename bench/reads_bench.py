@@ -3,6 +3,7 @@
 
     .venv/bin/replicator stack up          # PostgreSQL (the bench starts its own endpoint)
     .venv/bin/python bench/reads_bench.py [--logs 20000] [--payments 6000] [--reads 200]
+        [--shards 1 4] [--stack-endpoint]
 
 The data lives apart from the replicated tables, so it makes no CDC traffic: a schema of its own
 (``readsbench``: copies of dbo's four tables, with the indexes an application would keep for
@@ -11,11 +12,19 @@ stopped here. Items are loaded into DynamoDB through the mapping (``to_item``), 
 builds them. Each pattern is read ``--reads`` times per store (after a warm-up) with random
 parameters, one page of up to 50 rows; every read's two answers are compared and any difference
 is counted. Prints a Markdown table of p50/p95 per pattern and store.
+
+``--shards 1 4`` measures IntegrationLogs once per shard count on the same data: a table per
+count, keyed as tests/unit/factories.py's shard_logs keys it (the table key and the
+application and failure indexes carry logid mod N; correlation does not); the rows of N > 1
+are the log patterns only (payments do not change). ``--stack-endpoint`` reads and writes the
+local stack's endpoint (``dynamodb.endpoint_url``, its own ``*_readsbench*`` tables, dropped
+first) instead of starting one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import sys
@@ -47,17 +56,46 @@ def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def bench_settings(base: Settings, port: int) -> Settings:
+# The sharded IntegrationLogs of tests/unit/factories.py (shard_logs), restated: the bench is
+# not a test and does not import them.
+SHARDED_KEYS = {
+    "PK": "{servicename}-{logtimestamp:date}#{logid:shard}",
+    "GSI1PK": "APP#{applicationid}#{logid:shard}",
+    "GSI3PK": "ERROR#{logtimestamp:date}#{logid:shard}",
+}
+SHARDED_PATTERNS = {
+    "logs_by_service": "{service}-{day}#{shard}",
+    "logs_by_application": "APP#{application_id}#{shard}",
+    "failures_of_day": "ERROR#{day}#{shard}",
+}
+
+
+def shard_logs(table: dict[str, Any], shards: int) -> None:
+    table["shards"] = shards
+    table["partition_key"]["template"] = SHARDED_KEYS["PK"]
+    for derived in table["derived"]:
+        derived["template"] = SHARDED_KEYS.get(derived["attribute"], derived["template"])
+    for pattern in table["reads"]["patterns"]:
+        pattern["partition"] = SHARDED_PATTERNS.get(pattern["name"], pattern.get("partition"))
+
+
+def bench_settings(base: Settings, endpoint: str, shards: int = 1) -> Settings:
     data = base.model_dump(mode="json")
     data["postgres"]["password"] = base.postgres.password.get_secret_value()
     data["postgres"]["replication_password"] = "unused"
     data["postgres"]["schema_name"] = SCHEMA
-    data["dynamodb"]["endpoint_url"] = f"http://127.0.0.1:{port}"
+    data["dynamodb"]["endpoint_url"] = endpoint
     data["dynamodb"]["secret_access_key"] = "local"
     data["reads"]["dynamodb_timeout_s"] = 30.0
     for table in data["tables"]:
-        table["name"] = f"{table['name']}_readsbench"
+        table["name"] = f"{table['name']}_readsbench" + (f"_s{shards}" if shards > 1 else "")
         table["source"] = table["source"].replace("dbo.", f"{SCHEMA}.")
+        if table["reads"].get("postgres_rows"):  # payments' join to their customers
+            table["reads"]["postgres_rows"] = table["reads"]["postgres_rows"].replace(
+                "dbo.", f"{SCHEMA}."
+            )
+        if shards > 1 and table["source"].endswith(".integrationlogs"):
+            shard_logs(table, shards)
     return Settings(**data)
 
 
@@ -125,10 +163,15 @@ def fill_postgres(conn: psycopg.Connection[Any], logs: int, payments: int, custo
     conn.execute(INDEXES)
 
 
-def fill_dynamodb(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+def fill_dynamodb(settings: Settings, conn: psycopg.Connection[Any], fresh: bool) -> None:
+    """Load the tables through the mapping; ``fresh``: drop them first (a shared endpoint
+    keeps an earlier run's items, whose random timestamps are keys no more)."""
     client = reads_client(settings)
     logs, pays = settings.tables
     for mapping in settings.tables:
+        if fresh:
+            with contextlib.suppress(client.exceptions.ResourceNotFoundException):
+                client.delete_table(TableName=mapping.name)
         ensure_table(client, mapping)
     queries = {
         logs.name: f"SELECT * FROM {SCHEMA}.integrationlogs",
@@ -213,58 +256,92 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=300)
     parser.add_argument("--reads", type=int, default=200)
     parser.add_argument("--endpoint-port", type=int, default=28123)
+    parser.add_argument(
+        "--stack-endpoint",
+        action="store_true",
+        help="use the local stack's DynamoDB endpoint instead of starting one",
+    )
+    parser.add_argument(
+        "--shards", type=int, nargs="+", default=[1], help="IntegrationLogs shard counts"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
     options = parser.parse_args()
     base = load_settings(None)
-    settings = bench_settings(base, options.endpoint_port)
-    with own_endpoint(options.endpoint_port):
-        run_all(options, base, settings)
+    if options.stack_endpoint:
+        if not base.dynamodb.endpoint_url:
+            raise SystemExit("--stack-endpoint: dynamodb.endpoint_url is not set")
+        run_all(options, base, base.dynamodb.endpoint_url)
+        return
+    with own_endpoint(options.endpoint_port) as endpoint:
+        run_all(options, base, endpoint)
 
 
-def run_all(options: argparse.Namespace, base: Settings, settings: Settings) -> None:
+def run_all(options: argparse.Namespace, base: Settings, endpoint: str) -> None:
     conn = psycopg.connect(base.postgres.dsn(), autocommit=True)
-    postgres = dynamo = None
+    stores: dict[int, tuple[PostgresReads, DynamoReads]] = {}
     try:
         say(f"PostgreSQL: {options.logs} logs, {options.payments} payments in schema {SCHEMA}")
         fill_postgres(conn, options.logs, options.payments, options.customers)
-        fill_dynamodb(settings, conn)
-        postgres, dynamo = PostgresReads(settings), DynamoReads(settings)
-        rng = random.Random(7)
+        for shards in options.shards:
+            settings = bench_settings(base, endpoint, shards)
+            fill_dynamodb(settings, conn, fresh=options.stack_endpoint)
+            # A PostgreSQL reader per count too: rows carry the key, which the count changes.
+            stores[shards] = PostgresReads(settings), DynamoReads(settings)
         rows = [
-            "| pattern | PostgreSQL p50 | p95 | DynamoDB p50 | p95 | rows/read | differ |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| pattern | shards | PostgreSQL p50 | p95 | DynamoDB p50 | p95 | rows/read | differ |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for name, make in cases(rng, conn, options.customers).items():
-            method = name.split(" ")[0]
-            timings: dict[str, list[float]] = {"postgres": [], "dynamodb": []}
-            sizes, differ = [], 0
-            for n in range(options.reads + 10):
-                args, kwargs = make()
-                answers = []
-                for store, reader in (("postgres", postgres), ("dynamodb", dynamo)):
-                    started = time.perf_counter()
-                    answer = getattr(reader, method)(*args, **kwargs)
-                    elapsed = time.perf_counter() - started
-                    if n >= 10:  # warm-up
-                        timings[store].append(elapsed * 1000)
-                    answers.append(answer)
-                differ += not same(answers[0], answers[1])
-                result = answers[0]
-                sizes.append(len(result.rows) if hasattr(result, "rows") else int(bool(result)))
-            pg, dy = timings["postgres"], timings["dynamodb"]
-            rows.append(
-                f"| {name} | {statistics.median(pg):.1f} ms | {percentile(pg, 0.95):.1f} ms | "
-                f"{statistics.median(dy):.1f} ms | {percentile(dy, 0.95):.1f} ms | "
-                f"{statistics.mean(sizes):.1f} | {differ} |"
-            )
-            say(rows[-1])
+        rows += measure(options, conn, stores)
         print("\n".join(rows))
     finally:
-        if postgres is not None:
-            postgres.close()
+        for pair in stores.values():
+            for reader in pair:
+                reader.close()
         if not options.keep:
             conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         conn.close()
+
+
+def measure(
+    options: argparse.Namespace,
+    conn: psycopg.Connection[Any],
+    stores: dict[int, tuple[PostgresReads, DynamoReads]],
+) -> list[str]:
+    """One table row per pattern and shard count (log patterns only when sharded: payments do
+    not change). Each read asks every shard count's table in turn with the same parameters, so
+    the machine's load, which drifts on a shared host, falls on all of them alike."""
+    rng = random.Random(7)
+    rows = []
+    for name, make in cases(rng, conn, options.customers).items():
+        method = name.split(" ")[0]
+        counts = [n for n in stores if n == 1 or method.startswith(("logs", "log_", "failures"))]
+        timings: dict[tuple[int, str], list[float]] = {
+            (count, store): [] for count in counts for store in ("postgres", "dynamodb")
+        }
+        sizes: list[int] = []
+        differ = dict.fromkeys(counts, 0)
+        for n in range(options.reads + 10):
+            args, kwargs = make()
+            for count in counts:
+                answers = []
+                for store, reader in zip(("postgres", "dynamodb"), stores[count], strict=True):
+                    started = time.perf_counter()
+                    answers.append(getattr(reader, method)(*args, **kwargs))
+                    if n >= 10:  # warm-up
+                        timings[count, store].append((time.perf_counter() - started) * 1000)
+                differ[count] += not same(answers[0], answers[1])
+            result = answers[0]
+            sizes.append(len(result.rows) if hasattr(result, "rows") else int(bool(result)))
+        for count in counts:
+            pg, dy = timings[count, "postgres"], timings[count, "dynamodb"]
+            rows.append(
+                f"| {name} | {count} | {statistics.median(pg):.1f} ms | "
+                f"{percentile(pg, 0.95):.1f} ms | "
+                f"{statistics.median(dy):.1f} ms | {percentile(dy, 0.95):.1f} ms | "
+                f"{statistics.mean(sizes):.1f} | {differ[count]} |"
+            )
+            say(rows[-1])
+    return rows
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from replicator.ops.postgres import replica_identities, require_replica_identity
 from replicator.reads.router import ReadPath
 from replicator.stream.batch import BatchSink
 from replicator.stream.deadletter import DeadLetters, connection_settings, ensure_topic
-from replicator.stream.dynamo import dynamodb_writer
+from replicator.stream.dynamo import dynamodb_client, dynamodb_writer
 from replicator.stream.horizon import check_horizon, read_limits
+from replicator.stream.layout import check_shards
 from replicator.stream.lookup import Lookups
 from replicator.stream.pipeline import Pipeline, Stats
 from replicator.stream.retry import RetryPolicy
@@ -81,6 +82,8 @@ def pipeline(
     connection = connection_settings(kafka.extra)  # TLS and SASL reach every client
     ensure_topic(kafka, extra=connection)
     check_horizon(settings, read_limits(settings))  # before anything joins or connects
+    # One quick attempt: an endpoint that does not answer is the writes' to report.
+    check_shards(settings, dynamodb_client(settings.dynamodb, max_attempts=1))
     if source is None:
         source = KafkaSource(settings.kafka, topics, group_id)
     health = health or Health(settings.metrics.live_within_s)

@@ -26,6 +26,7 @@ from typing import Any
 from replicator.core.items import Item, item_size
 from replicator.core.mapping import (
     MAX_ITEM_BYTES,
+    SHARD,
     UNAVAILABLE,
     ColumnType,
     TableMapping,
@@ -35,6 +36,7 @@ from replicator.core.mapping import (
     canonical,
     format_date,
     item_key,
+    known_format,
     template_fields,
     to_item,
 )
@@ -154,11 +156,16 @@ def _padding(template: str) -> MappingError:
     return MappingError(f"template {template!r}: zero-padding needs an integer column")
 
 
+def _unshardable(template: str) -> MappingError:
+    return MappingError(f"template {template!r}: a shard suffix needs an integer column")
+
+
 class _Source:
     """The source text being written, and the constants it refers to."""
 
-    def __init__(self, types: dict[str, ColumnType]) -> None:
+    def __init__(self, types: dict[str, ColumnType], shards: int = 1) -> None:
         self.types = types
+        self.shards = shards
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {
             "UNAVAILABLE": UNAVAILABLE,
@@ -166,6 +173,7 @@ class _Source:
             "_toast": _toast,
             "_empty": _empty,
             "_padding": _padding,
+            "_unshardable": _unshardable,
         }
         self.locals: dict[str, str] = {}  # column -> local memoising its canonical text
         self.converters: dict[str, str] = {}  # column -> name of its converter
@@ -203,7 +211,7 @@ def _emit_template(src: _Source, template: str, indent: int, target: str, on_nul
         if name is None:
             continue
         kind = src.types[name]  # KeyError: no such column, the mapping is not compiled
-        if spec and spec != "date" and not (spec.startswith("0") and spec[1:].isdigit()):
+        if spec and not known_format(spec):
             raise Unsupported(f"template {template!r}: format {spec!r}")
         memo, canon = src.local(name), src.canon(name)
         src.emit(indent, f"v = get({name!r})")
@@ -218,6 +226,14 @@ def _emit_template(src: _Source, template: str, indent: int, target: str, on_nul
             parts.append(memo)
         elif spec == "date":
             parts.append(f"{memo}[:10]")
+        elif spec == SHARD and kind in _INTEGERS:
+            # The column's value mod shards (Python's %: 0..shards-1 for negative values too).
+            part = f"p{len(src.lines)}"
+            src.emit(indent, f"{part} = str((v if type(v) is int else int({memo})) % {src.shards})")
+            parts.append(part)
+        elif spec == SHARD:
+            src.emit(indent, f"raise _unshardable({template!r})")
+            return indent
         elif kind in _INTEGERS:
             part = f"p{len(src.lines)}"
             src.emit(
@@ -254,7 +270,7 @@ def _size_of(text: str, kind: str) -> str:
 
 def _compile(mapping: TableMapping) -> tuple[Callable[..., Any], ...]:
     types = mapping.column_types()
-    src = _Source(types)
+    src = _Source(types, mapping.shards)
     used = [name for a in _templated(mapping) for name, _ in template_fields(a.template)]
     names = [
         *[a.attribute for a in _templated(mapping)],

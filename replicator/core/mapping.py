@@ -31,6 +31,8 @@ ColumnType = Literal["int", "bigint", "decimal", "text", "json", "bool", "timest
 UNAVAILABLE = "__debezium_unavailable_value"
 MAX_ITEM_BYTES = 400 * 1024
 MAX_NUMBER_DIGITS = 38
+MAX_SHARDS = 64
+SHARD = "shard"  # the template format of a shard suffix: {logid:shard}
 _EPOCH = dt.datetime(1970, 1, 1)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _FORMATTER = string.Formatter()
@@ -62,7 +64,10 @@ class Column(_Frozen):
 class KeyAttribute(_Frozen):
     attribute: str
     type: Literal["S", "N"] = "S"
-    template: str = Field(description="e.g. '{servicename}-{logtimestamp:date}'")
+    template: str = Field(
+        description="e.g. '{servicename}-{logtimestamp:date}'; a partition key may end in a "
+        "shard suffix, '{servicename}-{logtimestamp:date}#{logid:shard}' (logid mod shards)"
+    )
 
 
 class DerivedAttribute(_Frozen):
@@ -137,7 +142,8 @@ class ReadPattern(_Frozen):
     partition: str | None = Field(
         None,
         description="partition key value, a template over the parameter ({day} too with "
-        "fan_out: days); default the parameter itself",
+        "fan_out: days; {shard} where the key queried carries a shard suffix: every shard "
+        "is queried and the answers merged); default the parameter itself",
     )
     fan_out: Literal["days"] | None = Field(
         None,
@@ -195,6 +201,14 @@ class TableMapping(_Frozen):
         "+ delete.retention.ms (checked at start); 40 days covers the defaults, 30 and 7 + 1 "
         "days, with room for Kafka deleting a segment only once all of it is past retention",
     )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=MAX_SHARDS,
+        description="how many partitions each partition key value is spread over (hot "
+        "partitions): a key template's {column:shard} is that integer column mod shards. "
+        "1, the design's keys, takes no {column:shard}; more than 1 needs one",
+    )
     _types: dict[str, ColumnType] = PrivateAttr(default_factory=dict)
     unmapped_columns: Literal["ignore", "include"] = Field(
         "ignore",
@@ -240,6 +254,7 @@ class TableMapping(_Frozen):
                     raise ValueError(
                         f"template of {attr.attribute!r} names unknown column {name!r}"
                     )
+        self._check_shards(columns)
         for attr in self.derived:
             for name in [*attr.when_set, *attr.when_equal]:
                 if name not in known:
@@ -304,6 +319,49 @@ class TableMapping(_Frozen):
         }
         return self
 
+    def _check_shards(self, columns: dict[str, Column]) -> None:
+        """{column:shard} only where a partition is chosen, of an integer column, and used
+        exactly when shards > 1."""
+        sort_attributes = {i.sort_key.attribute for i in self.indexes if i.sort_key}
+        orders = {p.order for p in self.reads.patterns if p.order}
+        sharded = []
+        templated = [self.partition_key, *([self.sort_key] if self.sort_key else []), *self.derived]
+        for attr in templated:
+            for name, spec in template_fields(attr.template):
+                if spec != SHARD:
+                    continue
+                if attr is self.sort_key or attr.attribute in sort_attributes | orders:
+                    # Shards split partitions; in a sort key the suffix would only reorder.
+                    raise ValueError(
+                        f"template of {attr.attribute!r}: a shard suffix belongs in a "
+                        "partition key, not a sort key or an order"
+                    )
+                column = columns.get(name)
+                if column is None or column.type not in ("int", "bigint"):
+                    raise ValueError(
+                        f"template of {attr.attribute!r}: {{{name}:shard}} needs an integer "
+                        "column of the table (its value mod shards picks the shard)"
+                    )
+                sharded.append(attr.attribute)
+        if self.shards > 1 and not sharded:
+            raise ValueError(
+                f"shards is {self.shards}, but no key template carries a shard suffix "
+                "({column:shard}, e.g. '{servicename}-{logtimestamp:date}#{logid:shard}')"
+            )
+        if self.shards == 1 and sharded:
+            raise ValueError(
+                f"{sorted(set(sharded))} carry a shard suffix, but shards is 1: "
+                "set shards (2..64) or leave the suffix out"
+            )
+
+    def sharded(self, attribute: str) -> bool:
+        """Whether the key or derived attribute's template carries a shard suffix."""
+        keys = [self.partition_key, *([self.sort_key] if self.sort_key else [])]
+        for attr in [*keys, *self.derived]:
+            if attr.attribute == attribute:
+                return any(spec == SHARD for _, spec in template_fields(attr.template))
+        return False
+
     def _check_reads(self, known: set[str], types: dict[str, str]) -> None:
         columns = {c.name: c for c in self.columns}
         kinds = {c.name: c.type for c in self.columns} | {lk.column: lk.type for lk in self.lookups}
@@ -335,13 +393,27 @@ class TableMapping(_Frozen):
                 raise ValueError(f"{where}: path must hold {{{p.param.name}}} and nothing else")
             if p.index is not None and p.index not in indexes:
                 raise ValueError(f"{where}: no index {p.index!r} in the mapping")
-            allowed = {p.param.name, *(["day"] if p.fan_out else [])}
-            for name, _ in template_fields(p.partition or f"{{{p.param.name}}}"):
+            index = indexes.get(p.index or "")
+            queried = index.partition_key.attribute if index else self.partition_key.attribute
+            sharded = self.sharded(queried)
+            allowed = {p.param.name, *(["day"] if p.fan_out else []), *(["shard"] * sharded)}
+            named = [name for name, _ in template_fields(p.partition or f"{{{p.param.name}}}")]
+            for name in named:
                 if name not in allowed:
                     raise ValueError(f"{where}: partition names {name!r}, not the parameter")
+            if sharded and "shard" not in named:
+                raise ValueError(
+                    f"{where}: {queried!r} carries a shard suffix: the partition template "
+                    "needs {shard} where it goes (every shard is queried)"
+                )
+            if sharded and _around_shard(p.partition or "") != _around_shard(templates[queried]):
+                # Otherwise every query would ask for partitions no item is in.
+                raise ValueError(
+                    f"{where}: {{shard}} must sit between the same text as the shard suffix "
+                    f"of {queried!r} ({templates[queried]!r})"
+                )
             if p.fan_out and (p.index or not p.range or kinds[p.range.column] != "timestamp"):
                 raise ValueError(f"{where}: fan_out days is on the table key, by a time range")
-            index = indexes.get(p.index or "")
             if p.single:
                 if index is None and self.sort_key is not None:
                     raise ValueError(f"{where}: one row by the table key needs no sort key")
@@ -385,6 +457,22 @@ class TableMapping(_Frozen):
         return self._types
 
 
+def _around_shard(template: str) -> tuple[str, str]:
+    """The literal text just before and just after a template's shard field ({column:shard} of
+    a key, {shard} of a read pattern's partition)."""
+    parts = list(_FORMATTER.parse(template))
+    for n, (literal, name, spec, _) in enumerate(parts):
+        if name == "shard" or spec == SHARD:
+            after = parts[n + 1][0] if n + 1 < len(parts) else ""
+            return literal, after
+    return "", ""
+
+
+def known_format(spec: str) -> bool:
+    """A template format: 'date', 'shard' or a zero-padding '0N'."""
+    return spec in ("date", SHARD) or (spec.startswith("0") and spec[1:].isdigit())
+
+
 def template_fields(template: str) -> list[tuple[str, str]]:
     """(column, format) pairs named by a template; raises ValueError on a malformed template."""
     fields = []
@@ -393,8 +481,10 @@ def template_fields(template: str) -> list[tuple[str, str]]:
             continue
         if not name or conversion:
             raise ValueError(f"template {template!r}: use {{column}} or {{column:format}}")
-        if spec and spec != "date" and not (spec.startswith("0") and spec[1:].isdigit()):
-            raise ValueError(f"template {template!r}: format {spec!r} is not 'date' or '0N'")
+        if spec and not known_format(spec):
+            raise ValueError(
+                f"template {template!r}: format {spec!r} is not 'date', 'shard' or '0N'"
+            )
         fields.append((name, spec))
     return fields
 
@@ -497,9 +587,11 @@ def render(
     row: dict[str, Any],
     types: dict[str, ColumnType],
     texts: dict[str, str] | None = None,
+    shards: int = 1,
 ) -> str | None:
     """Fill a template from a row; None when a column it names is NULL. ``texts`` memoizes
-    canonical column texts across the templates of one row."""
+    canonical column texts across the templates of one row; ``shards`` is the mapping's, for
+    {column:shard} (the column's value mod shards, 0..shards-1 for negative values too)."""
     out = []
     for literal, name, spec in _parsed(template):
         out.append(literal)
@@ -521,6 +613,10 @@ def render(
             whole = texts[name] = canonical(name, kind, value)
         if spec == "date":
             text = whole[:10]
+        elif spec == SHARD:
+            if kind not in ("int", "bigint"):
+                raise MappingError(f"template {template!r}: a shard suffix needs an integer column")
+            text = str(int(whole) % shards)
         elif spec:
             if kind not in ("int", "bigint"):
                 raise MappingError(f"template {template!r}: zero-padding needs an integer column")
@@ -545,7 +641,7 @@ def item_key(
         types = mapping.column_types()
     key: Item = {}
     for attr in filter(None, [mapping.partition_key, mapping.sort_key]):
-        text = render(attr.template, row, types, texts)
+        text = render(attr.template, row, types, texts, mapping.shards)
         if not text:
             raise MappingError(f"key attribute {attr.attribute!r} is empty or NULL for this row")
         if attr.type == "N":
@@ -580,7 +676,7 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
     for attr in mapping.derived:
         if not _conditions_hold(attr, row):
             continue
-        text = render(attr.template, row, types, texts)
+        text = render(attr.template, row, types, texts, mapping.shards)
         if text is None:
             continue
         item[attr.attribute] = (

@@ -1,4 +1,10 @@
-"""Create the DynamoDB tables (keys, GSIs, TTL) that the mappings describe."""
+"""Create the DynamoDB tables (keys, GSIs, TTL) that the mappings describe.
+
+A table records the shard count its items are keyed for (a tag, ``replicator:shards``): a
+mapping's ``shards`` changes every partition key value, not the key schema, so a table of
+another count would take the writes and answer reads from half its items. Such a table is
+refused; re-sharding is a backfill into a new table (docs/runbooks/resharding.md).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from replicator.core.mapping import TableMapping
 from replicator.errors import ReplicatorError
+from replicator.stream.layout import RUNBOOK, SHARDS_TAG, table_shards
 
 
 def table_definition(mapping: TableMapping) -> dict[str, Any]:
@@ -35,6 +42,7 @@ def table_definition(mapping: TableMapping) -> dict[str, Any]:
         ],
         "KeySchema": key_schema,
         "BillingMode": "PAY_PER_REQUEST",
+        "Tags": [{"Key": SHARDS_TAG, "Value": str(mapping.shards)}],
     }
     if indexes:
         request["GlobalSecondaryIndexes"] = indexes
@@ -61,6 +69,7 @@ def ensure_table(client: Any, mapping: TableMapping) -> str:
                     f"table {mapping.name} exists with key "
                     f"{existing['KeySchema']}, the mapping wants {want}"
                 )
+            _check_shards(client, mapping, existing["TableArn"])
             did = "exists"
         ttl = client.describe_time_to_live(TableName=mapping.name)["TimeToLiveDescription"]
         if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
@@ -71,3 +80,31 @@ def ensure_table(client: Any, mapping: TableMapping) -> str:
         return did
     except (ClientError, BotoCoreError) as exc:
         raise ReplicatorError(f"DynamoDB table {mapping.name}: {exc}") from exc
+
+
+def shards_refusal(mapping: TableMapping, recorded: int | None, empty: bool) -> str | None:
+    """Why a table whose tag says ``recorded`` shards (None: no tag, a table made before
+    shards existed, keyed unsharded) may not serve the mapping, or None. Pure."""
+    if recorded == mapping.shards or (recorded is None and (mapping.shards == 1 or empty)):
+        return None
+    held = f"is keyed for shards: {recorded}" if recorded else "holds unsharded items (no tag)"
+    return (
+        f"table {mapping.name} {held}, the mapping says shards: {mapping.shards}; every "
+        f"partition key would differ. Re-shard by a backfill into a new table ({RUNBOOK}), "
+        "or put shards back"
+    )
+
+
+def _check_shards(client: Any, mapping: TableMapping, arn: str) -> None:
+    found = table_shards(client, mapping.name)
+    recorded = found[1] if found else None
+    empty = False
+    if recorded is None and mapping.shards > 1:
+        empty = not client.scan(TableName=mapping.name, Limit=1, Select="COUNT").get("Count")
+    refusal = shards_refusal(mapping, recorded, empty)
+    if refusal:
+        raise ReplicatorError(refusal)
+    if recorded is None:  # from now on the table says what it holds
+        client.tag_resource(
+            ResourceArn=arn, Tags=[{"Key": SHARDS_TAG, "Value": str(mapping.shards)}]
+        )

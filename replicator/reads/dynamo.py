@@ -2,14 +2,24 @@
 
 DynamoDB's GSIs are eventually consistent: right after a write an index may still show the old
 state for a moment. Items fetched by key after an index lookup use strongly consistent reads.
+
+A pattern whose key carries a shard suffix (``shards`` > 1) queries every shard's partition,
+the first pages all at once, and merges them newest first by the order attribute. That
+attribute ends in the primary key, so it orders every item of the pattern one way whatever its
+shard: the last key returned is where each shard goes on (the next page asks every shard for
+keys below it), and the cursor stays the same plain sort key, valid on either store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import heapq
+import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -38,6 +48,12 @@ class DynamoReads(PatternReads):
         # Told the read units DynamoDB reports for every request (table, units): `cost` prices
         # them. ReadPath points it at its metrics.
         self.on_capacity: Callable[[str, float], None] | None = None
+        self._pool: ThreadPoolExecutor | None = None  # first queries of the shards, at once
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def _account(self, response: dict[str, Any]) -> None:
         consumed = response.get("ConsumedCapacity")
@@ -113,24 +129,40 @@ class DynamoReads(PatternReads):
     def _candidates(self, p: Pattern, q: Query, page: int) -> Iterator[Item]:
         """The pattern's items newest first by its order attribute, possibly a few too many."""
         assert p.order is not None
+        order = p.order
+        if p.decl.fan_out == "days":
+            return self._by_day(p, q, page)
+        page = shard_page(page, p.shards)
         pk, _, sk = p.key
         index = p.index.name if p.index else None
         upper = q.upper
-        if p.decl.fan_out == "days":
-            return self._by_day(p, q, page)
         if p.regroup:  # a date index: each date's items are re-ordered by the order attribute
             assert sk is not None
+            group = sk
             hi = q.end
             if upper and q.after:  # the cursor's date (or time) bounds the index key too
                 head = upper[: 10 if p.range_type == "date" else 27]
                 hi = min(hi, head) if hi else head
-            raw = self._items(p.table, index, pk, p.partition(q.value), sk, q.start, hi, page)
-            return _by_sort_key(raw, sk, p.order)
-        return self._items(p.table, index, pk, p.partition(q.value), sk, q.lo, upper, page)
+
+            def regrouped(key: dict[str, str]) -> Iterator[Item]:
+                raw = self._items(p.table, index, pk, key, group, q.start, hi, page)
+                return _by_sort_key(raw, group, order)
+
+            return self._merged(order, [regrouped(key) for key in p.partitions(q.value)])
+        return self._merged(
+            order,
+            [
+                self._items(p.table, index, pk, key, sk, q.lo, upper, page)
+                for key in p.partitions(q.value)
+            ],
+        )
 
     def _by_day(self, p: Pattern, q: Query, page: int) -> Iterator[Item]:
         """One query per day of the range (the partition key holds the day), newest day first;
-        the days' items are already in sort-key order one after another."""
+        the days' items are already in sort-key order one after another (each day's shards
+        merged)."""
+        assert p.order is not None
+        page = shard_page(page, p.shards)
         pk, _, sk = p.key
         upper = q.upper or ""
         last = day_of(upper) if q.after else day_of(q.end or "")
@@ -139,9 +171,29 @@ class DynamoReads(PatternReads):
         first = day_of(q.start or "")
         day = last
         while day >= first:
-            key = p.partition(q.value, day.isoformat())
-            yield from self._items(p.table, None, pk, key, sk, q.lo, upper, page)
+            streams = [
+                self._items(p.table, None, pk, key, sk, q.lo, upper, page)
+                for key in p.partitions(q.value, day.isoformat())
+            ]
+            yield from self._merged(p.order, streams)
             day -= dt.timedelta(days=1)
+
+    def _merged(self, order: str, streams: list[Iterator[Item]]) -> Iterator[Item]:
+        """One partition's items as they come; several shards' merged newest first, after their
+        first queries were sent together (a page costs one round trip, not one per shard)."""
+        if len(streams) == 1:
+            return streams[0]
+        with self._pool_lock:
+            if self._pool is None:
+                workers = max(16, self.settings.reads.postgres_pool_size)
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="shard-read")
+        heads = list(self._pool.map(_first, streams))  # re-raises a shard's StoreError here
+        started = [
+            itertools.chain([head], stream)
+            for head, stream in zip(heads, streams, strict=True)
+            if head is not _END
+        ]
+        return merge_newest_first(started, order)
 
     def _list(self, p: Pattern, q: Query) -> Page:
         assert p.order is not None
@@ -268,6 +320,33 @@ def _by_sort_key(
         current = value
         group.append(item)
     yield from sorted(group, key=lambda i: i[order_attribute]["S"], reverse=True)
+
+
+_END: Any = object()
+
+
+def shard_page(want: int, shards: int) -> int:
+    """How many items to ask each of ``shards`` shards for in its first query, when ``want``
+    make a page: its share with room for an uneven spread, not the whole page from each (N
+    times the read units). A shard the merge needs more of is read on by its next query."""
+    if shards == 1:
+        return want
+    return min(want, -(-want * 5 // (shards * 4)) + 2)
+
+
+def _first(stream: Iterator[Item]) -> Any:
+    """A stream's first item (its first query), or _END."""
+    return next(stream, _END)
+
+
+def merge_newest_first(streams: Iterable[Iterable[Item]], order: str) -> Iterator[Item]:
+    """Streams each newest first by ``order`` (a string attribute), merged into one, newest
+    first. Lazy: a stream is read only as far as the merge needs. Pure."""
+
+    def key(item: Item) -> str:
+        return item.get(order, {}).get("S", "")
+
+    return heapq.merge(*streams, key=key, reverse=True)
 
 
 def reads_client(settings: Settings) -> Any:

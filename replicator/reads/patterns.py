@@ -243,6 +243,7 @@ class Pattern:
     order: str | None  # the order attribute (lists)
     sort_key: SortKey | None
     regroup: bool  # the index sorts by a coarser key (a date): re-order each date's items
+    shards: int = 1  # partitions per value: the key queried carries a shard suffix when > 1
 
     @property
     def name(self) -> str:
@@ -284,8 +285,10 @@ class Pattern:
             sort_key = SortKey.of(templates[order], types)
             sk = (index.sort_key if index else mapping.sort_key) or None
             regroup = sk is not None and templates.get(sk.attribute) != templates[order]
+        queried = index.partition_key.attribute if index else mapping.partition_key.attribute
+        shards = mapping.shards if mapping.sharded(queried) else 1
         return cls(decl, mapping, RowShape.of(mapping), index, param_type, range_type, order,
-                   sort_key, regroup)  # fmt: skip
+                   sort_key, regroup, shards)  # fmt: skip
 
     # -- the parameters as a query
 
@@ -344,12 +347,23 @@ class Pattern:
     def cursor(self, q: Query, sort_key: str) -> str:
         return encode_cursor(q.pattern, (q.value, q.start, q.end), sort_key)
 
-    def partition(self, value: Any, day: str | None = None) -> dict[str, str]:
-        """The partition key value (DynamoDB's wire form) for the parameter (and a day)."""
+    def partition(
+        self, value: Any, day: str | None = None, shard: int | None = None
+    ) -> dict[str, str]:
+        """The partition key value (DynamoDB's wire form) for the parameter (and a day, and
+        a shard when the key queried is sharded)."""
         template = self.decl.partition or f"{{{self.decl.param.name}}}"
         fields = {self.decl.param.name: str(value)} | ({"day": day} if day else {})
+        if shard is not None:
+            fields["shard"] = str(shard)
         text = template.format(**fields)
         return {"N": text} if self.key[1] == "N" else {"S": text}
+
+    def partitions(self, value: Any, day: str | None = None) -> list[dict[str, str]]:
+        """Every partition key value that holds the parameter's items: one per shard."""
+        if self.shards == 1:
+            return [self.partition(value, day)]
+        return [self.partition(value, day, shard) for shard in range(self.shards)]
 
 
 def catalog(settings: Settings) -> dict[str, Pattern]:

@@ -17,6 +17,7 @@ import json
 import random
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -53,14 +54,15 @@ class ReadsWorld:
     payment_ids: list[int] = field(default_factory=list)
     deleted_payment_ids: list[int] = field(default_factory=list)
     moved_payment_ids: list[int] = field(default_factory=list)
+    suffix: str = SUFFIX  # of our tables' names
 
     @property
     def logs_table(self) -> str:
-        return f"IntegrationLogs{SUFFIX}"
+        return f"IntegrationLogs{self.suffix}"
 
     @property
     def payments_table(self) -> str:
-        return f"Payments{SUFFIX}"
+        return f"Payments{self.suffix}"
 
 
 def _fast_phases(data: dict[str, Any]) -> None:
@@ -242,8 +244,20 @@ def start_at_the_end(own: Settings) -> None:
         probe.close()
 
 
-def build_world(consumer_factory: Any, pg: psycopg.Connection[Any]) -> ReadsWorld:
-    consumer, own = consumer_factory(SUFFIX, change=_fast_phases)
+def build_world(
+    consumer_factory: Any,
+    pg: psycopg.Connection[Any],
+    suffix: str = SUFFIX,
+    change: Callable[[dict[str, Any]], None] | None = None,
+) -> ReadsWorld:
+    """``change`` bends the consumer's settings further (a mapping's shards, say)."""
+
+    def configure(data: dict[str, Any]) -> None:
+        _fast_phases(data)
+        if change is not None:
+            change(data)
+
+    consumer, own = consumer_factory(suffix, change=configure)
     start_at_the_end(own)
     consumer.start()
     seed = uuid.uuid4().int
@@ -263,6 +277,7 @@ def build_world(consumer_factory: Any, pg: psycopg.Connection[Any]) -> ReadsWorl
         customers=[rng.randint(1_000_000_000, 2_000_000_000) for _ in range(3)],
         pay_start=dt.date(year + 1, 3, 1),
         pay_end=dt.date(year + 1, 4, 29),
+        suffix=suffix,
     )
     write_logs(pg, rng, world)
     write_payments(pg, rng, world)

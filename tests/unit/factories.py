@@ -99,6 +99,37 @@ def payment_row(**values: Any) -> dict[str, Any]:
     return {**row, **values}
 
 
+# --- IntegrationLogs sharded (hot partitions) ----------------------------------------------
+#
+# The table key and the application and failure indexes carry a shard suffix (logid mod
+# shards); the correlation index does not, so its pattern reads as before. Used by the unit
+# and integration tests of sharding.
+SHARD_SUFFIX = "#{logid:shard}"
+# attribute or pattern -> the partition template with the suffix (patterns: {shard})
+SHARDED_KEYS = {
+    "PK": "{servicename}-{logtimestamp:date}" + SHARD_SUFFIX,
+    "GSI1PK": "APP#{applicationid}" + SHARD_SUFFIX,
+    "GSI3PK": "ERROR#{logtimestamp:date}" + SHARD_SUFFIX,
+}
+SHARDED_PATTERNS = {
+    "logs_by_service": "{service}-{day}#{shard}",
+    "logs_by_application": "APP#{application_id}#{shard}",
+    "failures_of_day": "ERROR#{day}#{shard}",
+}
+
+
+def shard_logs(table: dict[str, Any], shards: int) -> None:
+    """Turn the IntegrationLogs mapping (as plain data, in place) into its sharded form."""
+    table["shards"] = shards
+    table["partition_key"]["template"] = SHARDED_KEYS["PK"]
+    for derived in table["derived"]:
+        if derived["attribute"] in SHARDED_KEYS:
+            derived["template"] = SHARDED_KEYS[derived["attribute"]]
+    for pattern in table["reads"]["patterns"]:
+        if pattern["name"] in SHARDED_PATTERNS:
+            pattern["partition"] = SHARDED_PATTERNS[pattern["name"]]
+
+
 # --- envelopes ---------------------------------------------------------------------------
 
 

@@ -127,12 +127,23 @@ def _table_arns() -> set[str]:
 
 
 def test_the_consumer_policy_grants_exactly_what_run_does() -> None:
-    used = set().union(*_actions_of("replicator.stream.pipeline").values())
+    # The pipeline, and the check app.pipeline makes before it starts (the tables' shard tags).
+    used = set().union(
+        *_actions_of("replicator.stream.pipeline").values(),
+        *_actions_of("replicator.stream.layout").values(),
+    )
     actions, resources = _granted(_policy("replicator-consumer.json"))
     assert actions == {f"dynamodb:{a}" for a in used}
     # Guarded puts, marker puts, TOAST-keeping updates; and the batch lane's puts, which the
-    # same clients send for a backfill into a table nobody reads (replicator.stream.batch).
-    assert used == {"PutItem", "UpdateItem", "BatchWriteItem"}
+    # same clients send for a backfill into a table nobody reads (replicator.stream.batch);
+    # at start, the shard count each table records.
+    assert used == {
+        "PutItem",
+        "UpdateItem",
+        "BatchWriteItem",
+        "DescribeTable",
+        "ListTagsOfResource",
+    }
     assert resources == _table_arns()
 
 
@@ -208,6 +219,9 @@ def test_the_scan_finds_what_it_should() -> None:
         "DescribeTable",
         "DescribeTimeToLive",
         "UpdateTimeToLive",
+        "TagResource",  # the shard count a table is keyed for (read in replicator.stream.layout)
+        "Scan",  # one item: whether an untagged table is empty
     }
     assert "replicator.stream.sink" in _closure("replicator.stream.pipeline")
+    assert _actions_in(PACKAGE / "stream" / "layout.py") == {"DescribeTable", "ListTagsOfResource"}
     assert "replicator.ops.tables" not in _closure("replicator.stream.pipeline")

@@ -250,6 +250,7 @@ def test_build_gives_every_write_and_lookup_path_the_settings_retry_policy(
     # A unit test: no Kafka to read the topics' limits from (the horizon has tests of its own).
     monkeypatch.setattr(replicator.app, "read_limits", lambda *_a, **_k: {})
     monkeypatch.setattr(replicator.app, "check_horizon", lambda *_a, **_k: None)
+    monkeypatch.setattr(replicator.app, "check_shards", lambda *_a, **_k: None)  # no DynamoDB
     monkeypatch.setattr(replicator.app, "DeadLetters", lambda *_a, **_k: FakeDeadLetters())
     settings = Settings(dynamodb=DynamoSettings(max_attempts=3, backoff_cap_s=7.0))
     p = build(settings, source=FakeSource())  # type: ignore[arg-type]
