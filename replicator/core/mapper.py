@@ -23,17 +23,17 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from replicator.core.items import Item, item_size
+from replicator.core.items import Item
 from replicator.core.mapping import (
     MAX_ITEM_BYTES,
     SHARD,
     UNAVAILABLE,
     ColumnType,
     TableMapping,
-    _compress_to_fit,
     _exact_number,
     _parsed,
     canonical,
+    fit,
     format_date,
     item_key,
     known_format,
@@ -378,12 +378,8 @@ def _templated(mapping: TableMapping) -> list[Any]:
 
 
 def _oversize(mapping: TableMapping, item: Item, unavailable: set[str]) -> tuple[Item, set[str]]:
-    """Over the cheap bound: mapping.to_item's exact size, compression and refusal."""
-    size = item_size(item)
-    if size > MAX_ITEM_BYTES and mapping.large_items == "compress":
-        size = _compress_to_fit(mapping, item, size)
-    if size > MAX_ITEM_BYTES:
-        raise MappingError(f"item is {size} bytes, over DynamoDB's 400 KB limit")
+    """Over the cheap bound: as mapping.to_item does (exact size, compression, refusal)."""
+    fit(mapping, item)
     return item, unavailable
 
 

@@ -687,14 +687,19 @@ def to_item(mapping: TableMapping, row: dict[str, Any]) -> tuple[Item, set[str]]
         if isinstance(micros, int) and not isinstance(micros, bool):
             expires = micros // 1_000_000 + mapping.retention.days * 86_400
             item[mapping.ttl_attribute] = {"N": str(expires)}
-    if size_bound(item) <= MAX_ITEM_BYTES:  # the common case: no encoding needed to know
-        return item, unavailable
+    if size_bound(item) > MAX_ITEM_BYTES:  # the common case needs no encoding to know
+        fit(mapping, item)
+    return item, unavailable
+
+
+def fit(mapping: TableMapping, item: Item) -> None:
+    """An item over the cheap size bound: its exact size, compressed in place when the mapping
+    says so, refused when it is still over DynamoDB's 400 KB."""
     size = item_size(item)
     if size > MAX_ITEM_BYTES and mapping.large_items == "compress":
         size = _compress_to_fit(mapping, item, size)
     if size > MAX_ITEM_BYTES:
         raise MappingError(f"item is {size} bytes, over DynamoDB's 400 KB limit")
-    return item, unavailable
 
 
 def _conditions_hold(attr: DerivedAttribute, row: dict[str, Any]) -> bool:

@@ -16,18 +16,54 @@ from replicator.errors import LookupMissError, LookupUnavailableError, Replicato
 from replicator.stream.retry import RetryPolicy
 
 
-class Lookups:
-    def __init__(
-        self, dsn: str, cache_size: int = 100_000, retry: RetryPolicy | None = None
-    ) -> None:
+class SourceQueries:
+    """One autocommit connection to the source PostgreSQL for the consumer's own reads (the
+    lookups, the catalog), connected again and retried by the policy when the server drops it."""
+
+    def __init__(self, dsn: str, retry: RetryPolicy | None = None) -> None:
         self.dsn = dsn
         self.retry = retry or RetryPolicy()  # on connection errors
-        self.cache: LRUCache[tuple[str, Any], Any] = LRUCache(maxsize=cache_size)
         self._conn: psycopg.Connection[Any] | None = None
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+    def rows(self, query: str, params: Any, what: str) -> list[tuple[Any, ...]]:
+        """``query``'s rows; LookupUnavailableError when PostgreSQL does not answer within the
+        policy (the batch waits), ReplicatorError when the query itself fails. ``what`` names
+        the read in both."""
+
+        def attempt() -> list[tuple[Any, ...]]:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.dsn, autocommit=True)
+                return [tuple(r) for r in self._conn.execute(query, params)]
+            except psycopg.OperationalError:
+                self._conn = None  # connect again on the next attempt
+                raise
+
+        try:
+            return self.retry.call(attempt, lambda e: isinstance(e, psycopg.OperationalError))
+        except psycopg.OperationalError as exc:
+            raise LookupUnavailableError(f"{what}: PostgreSQL unreachable: {exc}") from exc
+        except psycopg.Error as exc:
+            raise ReplicatorError(f"{what}: query failed: {exc}") from exc
+
+
+class Lookups:
+    def __init__(
+        self, dsn: str, cache_size: int = 100_000, retry: RetryPolicy | None = None
+    ) -> None:
+        self.source = SourceQueries(dsn, retry)
+        self.cache: LRUCache[tuple[str, Any], Any] = LRUCache(maxsize=cache_size)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.source.retry
+
+    def close(self) -> None:
+        self.source.close()
 
     def fill(self, mapping: TableMapping, rows: list[dict[str, Any]]) -> None:
         """Add each lookup column to each row in place. A row whose value is not found gets
@@ -51,21 +87,5 @@ class Lookups:
                     f"lookup {lookup.column!r}: no row for {lookup.using}={row.get(lookup.using)!r}"
                 )
 
-    def _query(self, lookup: Lookup, keys: list[Any]) -> list[tuple[Any, Any]]:
-        def attempt() -> list[tuple[Any, Any]]:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True)
-                return [tuple(r) for r in self._conn.execute(lookup.sql, {"keys": keys})]
-            except psycopg.OperationalError:
-                self._conn = None  # connect again on the next attempt
-                raise
-
-        try:
-            return self.retry.call(attempt, lambda e: isinstance(e, psycopg.OperationalError))
-        except psycopg.OperationalError as exc:
-            raise LookupUnavailableError(
-                f"lookup {lookup.column!r}: PostgreSQL unreachable: {exc}"
-            ) from exc
-        except psycopg.Error as exc:
-            raise ReplicatorError(f"lookup {lookup.column!r} query failed: {exc}") from exc
+    def _query(self, lookup: Lookup, keys: list[Any]) -> list[tuple[Any, ...]]:
+        return self.source.rows(lookup.sql, {"keys": keys}, f"lookup {lookup.column!r}")

@@ -15,9 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
 import structlog
 
 from replicator.core.events import ChangeEvent, Position
@@ -30,8 +28,9 @@ from replicator.core.schema import (
     required,
     shape,
 )
-from replicator.errors import LookupUnavailableError, MappingError, ReplicatorError
+from replicator.errors import MappingError, ReplicatorError
 from replicator.observe.metrics import Metrics
+from replicator.stream.lookup import SourceQueries
 from replicator.stream.retry import RetryPolicy
 
 log = structlog.get_logger("replicator.stream.schema")
@@ -54,35 +53,16 @@ class Catalog:
     """The source tables' column types from pg_attribute (readable by any role)."""
 
     def __init__(self, dsn: str, retry: RetryPolicy | None = None) -> None:
-        self.dsn = dsn
-        self.retry = retry or RetryPolicy()
-        self._conn: psycopg.Connection[Any] | None = None
+        self.source = SourceQueries(dsn, retry)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self.source.close()
 
     def columns(self, table: str) -> ColumnTypes:
         """``schema.table``'s columns and types now; LookupUnavailableError when PostgreSQL
         does not answer (the batch waits, as for a lookup)."""
-
-        def attempt() -> ColumnTypes:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True)
-                return {name: kind for name, kind in self._conn.execute(_COLUMNS_SQL, [table])}
-            except psycopg.OperationalError:
-                self._conn = None
-                raise
-
-        try:
-            return self.retry.call(attempt, lambda e: isinstance(e, psycopg.OperationalError))
-        except psycopg.OperationalError as exc:
-            raise LookupUnavailableError(
-                f"column types of {table}: PostgreSQL unreachable: {exc}"
-            ) from exc
-        except psycopg.Error as exc:
-            raise ReplicatorError(f"column types of {table}: query failed: {exc}") from exc
+        rows = self.source.rows(_COLUMNS_SQL, [table], f"column types of {table}")
+        return {name: kind for name, kind in rows}
 
 
 @dataclass
