@@ -82,12 +82,24 @@ def write_config(settings: Settings, source: SecondSource, port: int, path: Path
     return path
 
 
+def child_env(config: Path) -> dict[str, str]:
+    """The environment of a child on ``config``: the environment wins over a config file, so a
+    shell that points the stack's endpoint elsewhere (REPLICATOR_DYNAMODB__ENDPOINT_URL) would
+    send the child's writes there instead of to the benchmark's own endpoint."""
+    endpoint = yaml.safe_load(config.read_text())["dynamodb"]["endpoint_url"]
+    return {**os.environ, "REPLICATOR_DYNAMODB__ENDPOINT_URL": endpoint}
+
+
 def backfill(config: Path, *args: str) -> tuple[float, int, float, str]:
     """Run one backfill child; (seconds, peak RSS in MB, CPU seconds, its stdout)."""
     command = [sys.executable, "-m", "replicator.cli", "--config", str(config), "backfill"]
     started = time.monotonic()
     child = subprocess.Popen(
-        [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+        [*command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=child_env(config),
     )
     watch = threading.Event()
 
@@ -151,6 +163,10 @@ def naive_replay(config: Path, topic: str, target: str, total: int) -> tuple[flo
     from replicator.stream.sink import action, plan
 
     settings = load_settings(config)
+    endpoint = child_env(config)["REPLICATOR_DYNAMODB__ENDPOINT_URL"]  # not the environment's
+    settings = settings.model_copy(
+        update={"dynamodb": settings.dynamodb.model_copy(update={"endpoint_url": endpoint})}
+    )
     mapping = settings.tables[0].model_copy(update={"name": target})
     client = dynamodb_client(settings.dynamodb)
     ensure_table(client, mapping)
@@ -222,6 +238,7 @@ def live_run(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
+        env=child_env(live_config),
     )
     stop = threading.Event()
     inserted = [0]

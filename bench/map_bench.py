@@ -4,6 +4,7 @@ baseline. Needs no services.
     .venv/bin/python bench/map_bench.py                        # this tree vs its reference path
     .venv/bin/python bench/map_bench.py --against 6b24ac0      # ... and vs an older commit
     .venv/bin/python bench/map_bench.py --against 6b24ac0 --callgrind   # instruction counts
+    .venv/bin/python bench/map_bench.py --profile --gc consumer   # where this tree's time goes
 
 What is measured is ``sink_bench.case_decode_map`` (case d of bench/sink_bench.py): the
 recorded IntegrationLogs inserts of ``bench/envelopes.jsonl.gz``, copied with new ids and
@@ -19,6 +20,10 @@ them alike:
   tests/unit/test_mapper.py compare the mapper with);
 - ``--against REV``: this benchmark run in a child process on ``git archive REV`` of
   ``replicator/`` (that commit's decode and to_change).
+
+``--profile`` measures this tree only, in this process: decode alone and map alone
+(``pipeline.to_change`` over events decoded beforehand), the same split with the collector
+off, then a cProfile of decode + map with its top entries by own time.
 
 ``--callgrind`` counts instructions instead (valgrind --tool=callgrind, repeatable where time is
 not): each case runs in a child under valgrind once with ``--passes`` passes and once with
@@ -145,6 +150,66 @@ def child(
     raise RuntimeError("callgrind wrote no totals")
 
 
+def profile(events: int, passes: int, runs: int, consumer_gc: bool, top: int) -> None:
+    """This tree's decode + map split into its stages, then a cProfile of both (in this
+    process, the collector set as ``--gc`` says)."""
+    import cProfile
+    import pstats
+
+    sys.path.insert(0, str(HERE))
+    import sink_bench
+
+    from replicator.config import load_settings
+    from replicator.core.decode import decode
+    from replicator.core.events import ChangeEvent, Origin
+    from replicator.stream.pipeline import to_change
+
+    mapping = next(m for m in load_settings(None).tables if m.source == "dbo.integrationlogs")
+    records = sink_bench.log_inserts(events)
+    if consumer_gc:
+        import replicator.app
+
+        replicator.app.collect_less_often()
+
+    def decode_all() -> list[Any]:
+        return [decode(r.key, r.value, Origin(r.topic, r.partition, r.offset)) for r in records]
+
+    decoded = [e for e in decode_all() if isinstance(e, ChangeEvent)]
+
+    def map_all() -> None:
+        for start in range(0, len(decoded), sink_bench.BATCH):  # kept per batch, as the pipeline
+            [to_change(mapping, e) for e in decoded[start : start + sink_bench.BATCH]]
+
+    def both() -> None:
+        sink_bench.case_decode_map(mapping, records, None)
+
+    def per_event(stage: Callable[[], Any]) -> float:
+        stage()
+        stage()
+        values = []
+        for _ in range(runs):
+            start = time.process_time()
+            for _ in range(passes):
+                stage()
+            values.append((time.process_time() - start) / (events * passes) * 1e6)
+        return statistics.median(values)
+
+    print(f"{'stage':<28} {'collector on':>13} {'collector off':>14}  (µs/event, median)")
+    for name, stage in (("decode", decode_all), ("map (to_change)", map_all), ("both", both)):
+        on = per_event(stage)
+        gc.disable()
+        off = per_event(stage)
+        gc.enable()
+        print(f"{name:<28} {on:>13.1f} {off:>14.1f}")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(passes):
+        both()
+    profiler.disable()
+    print(f"\ncProfile of decode + map, {events} events x {passes} passes (top {top}, own time):")
+    pstats.Stats(profiler, stream=sys.stdout).strip_dirs().sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", nargs="?", default="compare", choices=["compare", "worker"])
@@ -154,6 +219,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--against", help="also measure this commit's replicator/ (git rev)")
     parser.add_argument("--callgrind", action="store_true", help="instruction counts")
+    parser.add_argument("--profile", action="store_true", help="this tree's stages and cProfile")
+    parser.add_argument("--top", type=int, default=15, help="--profile: entries shown")
     parser.add_argument(
         "--gc",
         choices=["default", "consumer"],
@@ -165,6 +232,13 @@ def main() -> None:
     if args.mode == "worker":
         consumer_gc = args.gc == "consumer"
         print(json.dumps(worker(args.events, args.passes, args.runs, args.reference, consumer_gc)))
+        return
+    if args.profile:
+        print(
+            f"decode + map stages, {args.events} IntegrationLogs inserts x {args.passes} passes, "
+            f"{args.runs} runs, collector {args.gc}, load average {os.getloadavg()[0]:.1f}"
+        )
+        profile(args.events, args.passes, args.runs, args.gc == "consumer", args.top)
         return
 
     cases: list[tuple[str, Path, bool]] = [("this tree", ROOT, False), ("reference", ROOT, True)]

@@ -3,6 +3,7 @@ the local DynamoDB endpoint, for the sink on the wire client, the sink on boto3'
 sink (one boto3 conditional put_item per event, sequential), and decode + map alone.
 
     .venv/bin/python bench/sink_bench.py --quick              # no services: the lanes, < 2 min
+    .venv/bin/python bench/sink_bench.py profile --lane batch # no services: where the time goes
     ./dev setup && .venv/bin/replicator stack up
     .venv/bin/python bench/sink_bench.py run                  # all cases, 3 runs each, medians
     .venv/bin/python bench/sink_bench.py run --events 10000 --cases abcd --runs 5
@@ -19,6 +20,14 @@ put_item per event, sequential), the batch lane (replicator.stream.batch) and bo
 map, plan, write, the offsets to commit), interleaved runs, medians; then requests and write
 units per change, and one last line: ``batch lane: X us/event (Y x less than naive); guarded
 lane: Z us/event (W x less than naive)`` (the guarded lane the settings choose).
+
+``profile`` needs no service either: one lane against the stub, per stage (decode + map, plan,
+write, the offsets to commit) the CPU of this process, the cyclic collector's share (its time
+between ``gc.callbacks``' start and stop), the same with the collector off, then a cProfile of
+every thread of the lane in CPU time (``time.thread_time``: a thread waiting on a socket costs
+nothing; the sink's pool threads each profiled, their statistics merged).
+``--gc consumer`` sets the collector as `run` and `backfill` do (``app.collect_less_often``),
+for ``--quick`` too.
 
 CPU is ``time.process_time()`` of this process only (all its threads: the sink's pool included;
 not moto's, PostgreSQL's or Kafka's). Every case writes into fresh tables of its own (moto slows
@@ -40,6 +49,7 @@ import asyncio
 import contextlib
 import gzip
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -383,9 +393,11 @@ def quick(args: argparse.Namespace) -> None:
     records = log_inserts(args.events)
     concurrency = dyn.concurrency
     retry = RetryPolicy.from_settings(dyn)
+    set_collector(args.gc)
     print(
         f"--quick: {args.events} IntegrationLogs inserts ({args.naive_events} for naive), "
-        f"{args.runs} runs per case, interleaved; sink concurrency {concurrency}; a keep-alive "
+        f"{args.runs} runs per case, interleaved; collector {args.gc}; load average "
+        f"{os.getloadavg()[0]:.1f}; sink concurrency {concurrency}; a keep-alive "
         "stub endpoint in a child process answers {} at once; CPU is this process's "
         "(time.process_time, all threads)",
         flush=True,
@@ -458,6 +470,157 @@ def quick(args: argparse.Namespace) -> None:
         f"({naive / median['batch lane']:.1f} x less than naive); guarded lane: "
         f"{median[default]:.0f} us/event ({naive / median[default]:.1f} x less than naive)"
     )
+
+
+# --- profile: where one lane's time goes, against the stub ---------------------------------
+
+
+def set_collector(mode: str) -> None:
+    if mode == "consumer":  # as `run` and `backfill` set it once their objects are built
+        from replicator.app import collect_less_often
+
+        collect_less_often()
+
+
+class GcClock:
+    """CPU time spent in the cyclic collector (gc.callbacks): the collector runs in whichever
+    thread allocates, so that thread's CPU clock between start and stop (not wall time, which
+    counts the time the loaded machine gave other processes)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.collections = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, _: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.total += time.thread_time() - self._started
+            self.collections += 1
+
+
+def lane_stages(
+    mapping: TableMapping, records: list[Rec], sink: Any, clock: GcClock
+) -> dict[str, tuple[float, float]]:
+    """quick_lane with each stage timed apart: CPU seconds and collector seconds per stage."""
+    messages = [Msg(r) for r in records]
+    spent: dict[str, list[float]] = {s: [0.0, 0.0] for s in ("decode + map", "plan", "write")}
+    spent["offsets to commit"] = [0.0, 0.0]
+
+    def timed(stage: str, work: Callable[[], Any]) -> Any:
+        cpu, collected = time.process_time(), clock.total
+        out = work()
+        spent[stage][0] += time.process_time() - cpu
+        spent[stage][1] += clock.total - collected
+        return out
+
+    for start in range(0, len(records), BATCH):
+        chunk = records[start : start + BATCH]
+        changes = timed("decode + map", lambda c=chunk: changes_of(mapping, c))
+        writes = timed("plan", lambda c=changes: plan(c))
+        result = timed("write", lambda w=writes: sink.write(w))
+        assert result.applied + result.stale >= 1 and not result.failed, result
+        timed(
+            "offsets to commit",
+            lambda s=start: next_offsets(messages[s : s + BATCH], sink.commit_metadata()),  # type: ignore[arg-type]
+        )
+    return {stage: (cpu, gc_s) for stage, (cpu, gc_s) in spent.items()}
+
+
+def profile(args: argparse.Namespace) -> None:
+    import cProfile
+    import gc
+    import pstats
+    import threading
+
+    settings = load_settings(None)
+    dyn = settings.dynamodb
+    base = next(m for m in settings.tables if m.source == "dbo.integrationlogs")
+    records = log_inserts(args.events)
+    retry = RetryPolicy.from_settings(dyn)
+    concurrency = dyn.concurrency
+    set_collector(args.gc)
+    print(
+        f"profile: {args.lane} lane, {args.events} IntegrationLogs inserts, {args.runs} runs, "
+        f"collector {args.gc}, sink concurrency {concurrency}, stub endpoint; load average "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    with stub_endpoint() as url:
+        stub_dyn = dyn.model_copy(update={"endpoint_url": url})
+
+        def make() -> Any:
+            client = DynamoWireClient.from_settings(stub_dyn, concurrency, retry)
+            if args.lane == "batch":
+                return BatchSink(client, DynamoSink(client, concurrency, retry), concurrency, retry)
+            return DynamoSink(client, concurrency, retry, args.lane)  # type: ignore[arg-type]
+
+        clock = GcClock()
+        gc.callbacks.append(clock)
+        rows: dict[str, dict[str, list[float]]] = {}
+        try:
+            for run_ in range(args.runs + 1):  # the first run warms up and is not counted
+                for collector in ("on", "off"):
+                    sink = make()
+                    if collector == "off":
+                        gc.disable()
+                    try:
+                        stages = lane_stages(base, records, sink, clock)
+                    finally:
+                        gc.enable()
+                        sink.close()
+                    if run_ == 0:
+                        continue
+                    for stage, (cpu, gc_s) in stages.items():
+                        row = rows.setdefault(stage, {})
+                        row.setdefault(f"cpu {collector}", []).append(cpu / len(records) * 1e6)
+                        row.setdefault(f"gc {collector}", []).append(gc_s / len(records) * 1e6)
+        finally:
+            gc.callbacks.remove(clock)
+        print(
+            f"\n{'stage':<20} {'CPU us/event':>13} {'of it, collector':>17} "
+            f"{'collector off':>14}   (medians of {args.runs} runs)"
+        )
+        totals = [0.0, 0.0, 0.0]
+        for stage, row in rows.items():
+            figures = [statistics.median(row[k]) for k in ("cpu on", "gc on", "cpu off")]
+            totals = [t + f for t, f in zip(totals, figures, strict=True)]
+            print(f"{stage:<20} {figures[0]:>13.1f} {figures[1]:>17.1f} {figures[2]:>14.1f}")
+        print(f"{'sum':<20} {totals[0]:>13.1f} {totals[1]:>17.1f} {totals[2]:>14.1f}")
+
+        # cProfile follows one thread: profile the main thread, and each pool thread's work
+        # apart, each on its thread's CPU clock, then merge the statistics.
+        profiles: list[cProfile.Profile] = []
+        lock = threading.Lock()
+        sink = make()
+        inner = type(sink.pool).submit
+
+        def submit(pool: Any, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+            def profiled() -> Any:
+                prof = cProfile.Profile(time.thread_time)
+                with lock:
+                    profiles.append(prof)
+                return prof.runcall(fn, *a, **kw)
+
+            return inner(pool, profiled)
+
+        sink.pool.submit = submit.__get__(sink.pool)  # type: ignore[method-assign]
+        if args.lane == "batch":
+            sink.guarded.pool.submit = submit.__get__(sink.guarded.pool)  # type: ignore[method-assign]
+        main = cProfile.Profile(time.thread_time)
+        try:
+            main.runcall(quick_lane, base, records, sink)
+        finally:
+            sink.close()
+    stats = pstats.Stats(main, stream=sys.stdout)
+    for prof in profiles:
+        stats.add(prof)
+    print(
+        f"\ncProfile of the {args.lane} lane, {args.events} events, every thread merged "
+        f"(top {args.top} by own CPU time; profiler overhead included):"
+    )
+    stats.strip_dirs().sort_stats("tottime").print_stats(args.top)
 
 
 # --- lanes: latency and write units against the local endpoint -------------------------------
@@ -617,6 +780,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000, help="--quick: events per lane")
     parser.add_argument("--naive-events", type=int, default=2_000, help="--quick: for naive")
     parser.add_argument("--runs", type=int, default=3, help="--quick: runs per case")
+    parser.add_argument(
+        "--gc",
+        choices=["default", "consumer"],
+        default="default",
+        help="--quick: the cyclic collector as Python sets it, or as `run` sets it",
+    )
     sub = parser.add_subparsers(dest="command")
     p_run = sub.add_parser("run", help="run the benchmark")
     p_run.add_argument("--events", type=int, default=20_000)
@@ -634,6 +803,12 @@ def main() -> None:
     p_lanes = sub.add_parser("lanes", help="the lanes' latency and write units, local endpoint")
     p_lanes.add_argument("--events", type=int, default=5_000)
     p_lanes.add_argument("--runs", type=int, default=3)
+    p_prof = sub.add_parser("profile", help="one lane's stages and cProfile, stub endpoint")
+    p_prof.add_argument("--lane", choices=["batch", "single", "transact"], default="batch")
+    p_prof.add_argument("--events", type=int, default=10_000)
+    p_prof.add_argument("--runs", type=int, default=3)
+    p_prof.add_argument("--top", type=int, default=25)
+    p_prof.add_argument("--gc", choices=["default", "consumer"], default="default")
     p_cap = sub.add_parser("capture", help="record the envelope fixture from the topics")
     p_cap.add_argument("--insert", type=int, default=0, help="rows to insert first (Workload)")
     p_cap.add_argument("--logs", type=int, default=2500)
@@ -644,9 +819,11 @@ def main() -> None:
     if args.quick:
         quick(args)
     elif args.command is None:
-        parser.error("give --quick or a command (run, lanes, capture)")
+        parser.error("give --quick or a command (run, lanes, profile, capture)")
     elif args.command == "lanes":
         lanes(args)
+    elif args.command == "profile":
+        profile(args)
     elif args.command == "capture":
         capture(load_settings(None), args.insert, args.logs, args.payments)
     elif args.command == "stub":
