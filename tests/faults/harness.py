@@ -419,3 +419,17 @@ def _status_kb(consumer: Consumer, field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
+
+
+def topic_records(source: SecondSource, topic: str, timeout_s: float = 30) -> int:
+    """Records in a source's topic; retried while the topic is new (no leader elected yet)."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return source.topic_records(topic)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -15,7 +15,7 @@ import pytest
 
 from replicator.cli._common import connector_payload
 from replicator.ops.connector import ConnectClient
-from tests.faults.harness import SCALE, FaultRun
+from tests.faults.harness import SCALE, FaultRun, topic_records
 from tests.faults.test_stack_faults import _sigkill
 from tests.integration.second_source import SecondSource
 
@@ -54,7 +54,7 @@ def test_connect_sigkill_during_initial_snapshot(
         run.start_workload(rate_tx_s=10)  # changes during the snapshot: streamed after it
 
         def records() -> int:
-            return source.topic_records(logs_topic)
+            return topic_records(source, logs_topic)
 
         deadline = time.monotonic() + 180
         while records() < ROWS // 10 and time.monotonic() < deadline:
