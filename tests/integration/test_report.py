@@ -166,7 +166,7 @@ def test_report_measures_each_criterion_and_renders_in_chromium(
         # Measured and labelled, whatever they come to on this machine.
         perf = c["performance"]
         assert perf["measured"].count(" ms p50 (") == 5, perf
-        assert "local endpoint http://127.0.0.1:18000" in perf["note"]
+        assert f"local endpoint {own.dynamodb.endpoint_url}" in perf["note"]
         assert c["cost"]["measured"].startswith("DynamoDB $"), c["cost"]
         assert " vs PostgreSQL $" in c["cost"]["measured"]
         assert len(doc["charts"]["latency"][name]) == 5
