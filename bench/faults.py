@@ -13,9 +13,10 @@ settings at another home and other ports through the environment, for example
     .venv/bin/python bench/faults.py --scale 4 [-k broker]
 
 ``--scale`` multiplies each scenario's fault window (kills, seconds of faults, pause length);
-at scale > 1 scenario 6 also runs with the boto3 client. Each scenario prints one line; the
-lines are collected and printed as a table at the end (the figures of record are in
-bench/RESULTS.md). Exit status is pytest's.
+at scale > 1 scenario 6 also runs with the boto3 client; the sizes of 3b and 10 grow with it
+(50k and 100k rows at 1). ``--idle-minutes`` is scenario 11's idle window (30; 2 in CI).
+Each scenario prints one line; the lines are collected and printed as a table at the end (the
+figures of record are in bench/RESULTS.md). Exit status is pytest's.
 """
 
 from __future__ import annotations
@@ -35,9 +36,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=4.0, help="fault windows x this (CI: 1)")
     parser.add_argument("-k", default="", help="pytest -k expression: a subset of scenarios")
+    parser.add_argument(
+        "--idle-minutes", type=float, default=30.0, help="scenario 11's idle window (CI: 2)"
+    )
     args = parser.parse_args()
     with tempfile.NamedTemporaryFile("r", suffix=".txt") as results:
-        env = {**os.environ, "FAULTS_SCALE": str(args.scale), "FAULTS_RESULTS": results.name}
+        env = {
+            **os.environ,
+            "FAULTS_SCALE": str(args.scale),
+            "FAULTS_RESULTS": results.name,
+            "FAULTS_IDLE_S": str(args.idle_minutes * 60),
+        }
         command = [sys.executable, "-m", "pytest", "tests/faults", "-m", "faults", "-q", "-s"]
         if args.k:
             command += ["-k", args.k]

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -331,8 +332,43 @@ class LocalStack:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(pg.database)))
         schema = resources.files("replicator.stack").joinpath("sql", "source_schema.sql")
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            # Once prepared, `up` (which also brings back one part that stopped) runs no DDL:
+            # REPLICA IDENTITY and the schema's statements lock the tables, and under live
+            # writes that waits on them or deadlocks with them.
+            if self._database_prepared(conn):
+                return
             conn.execute(schema.read_text())
             prepare(self.s, conn)
+
+    def _database_prepared(self, conn: psycopg.Connection[Any]) -> bool:
+        """Read-only: the mapped tables exist with REPLICA IDENTITY FULL, the publication holds
+        exactly them and the heartbeat and signal tables, and the replication role logs in
+        with its password and may read them."""
+        pg = self.s.postgres
+        tables = [t.source for t in self.s.tables]
+        published = {*tables, "dbo.debezium_heartbeat", "dbo.debezium_signal"}
+        full = conn.execute(
+            "SELECT count(*) FROM unnest(%s::text[]) t JOIN pg_class c ON c.oid = to_regclass(t) "
+            "WHERE c.relreplident = 'f'",
+            [tables],
+        ).fetchone()
+        if full is None or full[0] != len(tables):
+            return False
+        rows = conn.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+            [self.s.connector.publication_name],
+        ).fetchall()
+        if {r[0] for r in rows} != published:
+            return False
+        try:
+            with psycopg.connect(pg.dsn(replication_role=True), connect_timeout=5) as role:
+                readable = role.execute(
+                    "SELECT bool_and(has_table_privilege(t, 'SELECT')) FROM unnest(%s::text[]) t",
+                    [sorted(published)],
+                ).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(readable and readable[0])
 
     # --- kafka and connect ------------------------------------------------------------------
 

@@ -27,6 +27,15 @@ class Verdict:
     def clean(self) -> bool:
         return not (self.lost or self.divergent or self.resurrected)
 
+    def merged(self, other: Verdict) -> Verdict:
+        return Verdict(
+            lost=self.lost + other.lost,
+            divergent=self.divergent + other.divergent,
+            resurrected=self.resurrected + other.resurrected,
+            checked=self.checked + other.checked,
+            details=self.details + other.details,
+        )
+
 
 def scan(client: Any, kind: str, table: str) -> dict[str, dict[str, Any]]:
     """Every live item (delete markers left out) by key text."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from tests.faults.model import log_key
 from tests.faults.proxy import FaultProxy
 from tests.faults.workload import FaultWorkload
 from tests.integration.conftest import Consumer
+from tests.integration.second_source import SecondSource
 
 SCALE = float(os.environ.get("FAULTS_SCALE", "1"))
 # Write units per row change. An IntegrationLogs insert with all three sparse indexes set
@@ -88,7 +90,10 @@ class FaultRun:
         consumer_factory: Callable[..., Any],
         seed: int = 11,
         change: Callable[[dict[str, Any]], None] | None = None,
+        source: SecondSource | None = None,
     ) -> None:
+        """``source``: a database and connector of the scenario's own (its topics new): the
+        consumer reads them from their start, and the scenario starts it once they exist."""
         self.scenario = scenario
         self.stack = stack
         self.settings = settings
@@ -103,6 +108,8 @@ class FaultRun:
             # Short timeouts so that a dropped answer costs seconds, not the 30 s default.
             data["dynamodb"]["connect_timeout_s"] = 2.0
             data["dynamodb"]["read_timeout_s"] = 3.0
+            if source is not None:
+                source.consumer_config(data)
             if change is not None:
                 change(data)
 
@@ -111,10 +118,13 @@ class FaultRun:
         self.removed: list[Consumer] = []
         self.tables = {"logs": self.own.tables[0].name, "payments": self.own.tables[1].name}
         self.topics = [self.own.topic_of(m) for m in self.own.tables]
-        self.pg = psycopg.connect(settings.postgres.dsn(), autocommit=True)
-        self.workload = FaultWorkload(settings.postgres.dsn(), seed=seed)  # its loans first
-        self._start_at_ends()
-        self.consumer.start()
+        self.dsn = source.dsn if source is not None else settings.postgres.dsn()
+        self.pg = psycopg.connect(self.dsn, autocommit=True)
+        self.workload = FaultWorkload(self.dsn, seed=seed)  # its loans first
+        self.memory = PeakMemory(self)
+        if source is None:
+            self._start_at_ends()
+            self.consumer.start()
         self.poller = RegressionPoller(dynamodb, self.tables, self.workload.touched).start()
         self.fault_end: float | None = None
         self._watermarks: dict[tuple[str, int], int] = {}
@@ -194,7 +204,14 @@ class FaultRun:
 
     # --- the end ------------------------------------------------------------------------
 
-    def finish(self, settle_s: float = 3.0, quiet_timeout_s: float = 240) -> Outcome:
+    def finish(
+        self,
+        settle_s: float = 3.0,
+        quiet_timeout_s: float = 240,
+        extra: Callable[[psycopg.Connection[Any]], Verdict] | None = None,
+    ) -> Outcome:
+        """``extra``: the scenario's own check of tables the checker does not know (same
+        verdict fields), run with the checker's once the pipeline is quiet."""
         assert self.fault_end is not None, "the scenario did not say when its fault ended"
         recovery = self._recovery(timeout_s=quiet_timeout_s)
         time.sleep(settle_s)  # a little more load after recovery
@@ -217,12 +234,15 @@ class FaultRun:
             if not quiet():
                 return False
             # A connection of its own: PostgreSQL may have restarted under the harness's.
-            with psycopg.connect(self.settings.postgres.dsn(), autocommit=True) as conn:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
                 verdict = check(conn, self.dynamodb, self.tables, self.workload.touched)
+                if extra is not None:
+                    verdict = verdict.merged(extra(conn))
             return verdict.clean
 
         wait_until(converged, quiet_timeout_s, 2.0)
         self.poller.stop()
+        self.memory.stop()
         changes = self.workload.counts.changes
         outcome = Outcome(
             scenario=self.scenario,
@@ -245,6 +265,7 @@ class FaultRun:
     def close(self) -> None:
         self.workload.stop_event.set()
         self.poller.stop()
+        self.memory.stop()
         for consumer in self.consumers:
             if consumer.alive():
                 consumer.stop()
@@ -279,7 +300,7 @@ class FaultRun:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with psycopg.connect(self.settings.postgres.dsn(), autocommit=True) as conn:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
                     row = conn.execute(
                         "INSERT INTO dbo.integrationlogs (logtype, servicename, issuccess, "
                         "logtimestamp) VALUES ('External API', 'FaultSentinel', true, %s) "
@@ -354,3 +375,61 @@ class FaultRun:
             return any(now.get(tp, -1) > offset for tp, offset in marks.items())
 
         return bool(wait_until(moved, timeout_s, 0.2))
+
+
+class PeakMemory:
+    """The consumers' peak resident memory, sampled twice a second from /proc (VmHWM: the
+    kernel's high-water mark of the process, so a peak between samples is not missed). Peaks
+    are per process; a restarted consumer is a new process with its own."""
+
+    def __init__(self, run: FaultRun) -> None:
+        self.run = run
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="peak-memory", daemon=True)
+        self._thread.start()
+
+    def now_kb(self) -> int:
+        """The highest current resident size among the running consumers."""
+        return max((_status_kb(c, "VmRSS") for c in self.run.consumers), default=0)
+
+    def sample(self) -> None:
+        for consumer in list(self.run.consumers):
+            self.peak_kb = max(self.peak_kb, _status_kb(consumer, "VmHWM"))
+
+    def stop(self) -> None:
+        self.sample()
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.sample()
+
+
+def _status_kb(consumer: Consumer, field: str) -> int:
+    """A field of /proc/PID/status in kB (0 when the process is not running)."""
+    if consumer.proc is None or consumer.proc.poll() is not None:
+        return 0
+    try:
+        text = Path(f"/proc/{consumer.proc.pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def topic_records(source: SecondSource, topic: str, timeout_s: float = 30) -> int:
+    """Records in a source's topic; retried while the topic is new (no leader elected yet)."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return source.topic_records(topic)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -71,6 +71,10 @@ class FaultProxy:
         self._handlers: set[socket.socket] = set()
         self.port = _free_port()
         self.is_down = False
+        # Requests let through to the endpoint, and how many had been when down() cut it:
+        # one in flight at the cut was let through before it (a request already on the wire).
+        self.admitted = 0
+        self.admitted_at_down = 0
 
     @property
     def url(self) -> str:
@@ -107,7 +111,9 @@ class FaultProxy:
         """Unreachable: stop listening and reset every open connection."""
         if self._server is None:
             return
-        self.is_down = True
+        with self.lock:
+            self.is_down = True
+            self.admitted_at_down = self.admitted
         self._server.shutdown()
         self._server.server_close()
         self._server = None
@@ -182,7 +188,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         target = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
-        if self.owner.is_down:  # a connection opened before down(): nothing gets through
+        with self.owner.lock:
+            down = self.owner.is_down
+            if not down:
+                self.owner.admitted += 1
+        if down:  # a connection opened before down(): nothing gets through
             self.owner.count("while-down")
             self._drop()
             return

@@ -99,6 +99,8 @@ class FaultWorkload:
         """Write transactions at about ``rate_tx_s`` per second until ``stop()``; every
         ``burst_every`` transactions, one transaction of ``burst_rows`` key moves."""
 
+        self.stop_event.clear()  # started again after a stop(): an idle window between
+
         def run() -> None:
             n = 0
             while not self.stop_event.is_set():
@@ -365,6 +367,28 @@ class FaultWorkload:
             return
         self.counts.deletes += 1
         self.counts.reinserts += 1
+
+    def bulk_logs(self, rows: int, conn: psycopg.Connection[Any] | None = None) -> None:
+        """``rows`` IntegrationLogs inserts in one statement, so one transaction (on ``conn``,
+        or this writer's connection when its thread is not running), recorded like the rest."""
+        written = (
+            (conn or self.conn)
+            .execute(
+                "INSERT INTO dbo.integrationlogs (logtype, servicename, issuccess, userid, "
+                "processingtimems, logtimestamp) SELECT 'Bulk Load', 'BulkService', true, "
+                "'user' || (n %% 40), n %% 5000, timestamp '2024-04-01' + n * interval '1 second' "
+                f"FROM generate_series(1, %s) AS n RETURNING {LOG_COLUMNS}",
+                [rows],
+            )
+            .fetchall()
+        )
+        assert len(written) == rows
+        with self.lock:
+            for logid, service, when in written:
+                self.touched.logs.add(logid)
+                self.touched.keys.append(("logs", log_key(logid, service, when)))
+        self.counts.inserts += rows
+        self.counts.changes += rows
 
     # --- records --------------------------------------------------------------------------
 

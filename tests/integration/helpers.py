@@ -149,11 +149,6 @@ def consuming(pg: psycopg.Connection[Any], own: Any, timeout_s: float = 180) -> 
         {"bootstrap.servers": own.kafka.bootstrap_servers, "group.id": own.kafka.group_id}
     )
     try:
-        partitions = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in probe.list_topics(t, timeout=10).topics[t].partitions
-        ]
 
         def committed_everywhere() -> bool:
             pg.execute(
@@ -167,6 +162,12 @@ def consuming(pg: psycopg.Connection[Any], own: Any, timeout_s: float = 180) -> 
                 "FROM dbo.loans HAVING max(loanid) IS NOT NULL"
             )
             time.sleep(1)
+            # Listed each time: on a new stack a topic appears only with its table's first
+            # change (the probes above); no partitions at all would make all() true at once.
+            found = {t: probe.list_topics(t, timeout=10).topics[t].partitions for t in topics}
+            if not all(found.values()):
+                return False
+            partitions = [TopicPartition(t, p) for t, ps in found.items() for p in ps]
             return all(tp.offset >= 0 for tp in probe.committed(partitions, timeout=10))
 
         wait_for(committed_everywhere, timeout_s, interval_s=0, what="offsets on every partition")

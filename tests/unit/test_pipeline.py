@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -252,6 +253,9 @@ def test_build_gives_every_write_and_lookup_path_the_settings_retry_policy(
     monkeypatch.setattr(replicator.app, "check_horizon", lambda *_a, **_k: None)
     monkeypatch.setattr(replicator.app, "check_shards", lambda *_a, **_k: None)  # no DynamoDB
     monkeypatch.setattr(replicator.app, "DeadLetters", lambda *_a, **_k: FakeDeadLetters())
+    # The environment of a stack moved by REPLICATOR_DYNAMODB__* would replace the section.
+    for name in [n for n in os.environ if n.startswith("REPLICATOR_")]:
+        monkeypatch.delenv(name)
     settings = Settings(dynamodb=DynamoSettings(max_attempts=3, backoff_cap_s=7.0))
     p = build(settings, source=FakeSource())  # type: ignore[arg-type]
     try:
