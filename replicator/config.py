@@ -4,8 +4,8 @@ Environment variables override the file: REPLICATOR_KAFKA__BOOTSTRAP_SERVERS=hos
 on, with ``__`` between levels. Nothing else in the package reads the environment.
 
 Why one module of this size: it is one tree, and a reader looks up any setting, its default
-and its check in one place; the sections' cross-checks (a horizon against a retention, a
-deadline against the liveness window) read several sections at once.
+and its check in one place; the cross-checks between sections (the retry bounds against the
+liveness window, the tables among themselves) read several sections at once.
 """
 
 from __future__ import annotations
