@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from replicator.config import Settings, load_settings
@@ -110,6 +111,20 @@ def checks_table(checks: list[Any]) -> Table:
         result = "[green]ok[/]" if c.ok else "[bold red]FAILED[/]"
         table.add_row(str(c.gate), c.name, result, c.value, c.threshold)
     return table
+
+
+def rate_progress() -> Progress:
+    """A progress bar with a rate and an ETA on stderr (backfill, purge); tasks carry a
+    ``rate`` field."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
 
 
 def say(text: str) -> None:

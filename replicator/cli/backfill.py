@@ -6,16 +6,9 @@ import signal
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from replicator import app as composition
-from replicator.cli._common import app, err, friendly, out, say, settings
+from replicator.cli._common import app, err, friendly, out, rate_progress, say, settings
 from replicator.errors import ReplicatorError
 from replicator.observe.log import configure
 from replicator.ops.backfill import parse_time, plan_jobs
@@ -136,15 +129,7 @@ def backfill(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-    )
+    progress = rate_progress()
     tasks = {}
     for r in runner.running:
         done, total = r.progress()

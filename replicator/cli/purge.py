@@ -5,23 +5,26 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from replicator.cli._common import (
     WHO,
     WHY,
     app,
     checks_table,
-    err,
     friendly,
     os_user,
     out,
+    rate_progress,
     say,
     settings,
 )
 from replicator.errors import ReplicatorError
 from replicator.ops import purge as ops
 
+_TIME_COLUMN = typer.Option(
+    "--time-column", help="The window's column (default: as verify's: retention column)."
+)
+_DRY_RUN = typer.Option("--dry-run", help="Check the gates and count the rows; delete nothing.")
 _DEFAULT_WHY = "Phase 5: cleanup of PostgreSQL operational data"
 
 
@@ -45,15 +48,8 @@ def purge_command(
             "--rate", min=0.001, help="At most this many rows/s (default purge.rate_rows_s)."
         ),
     ] = None,
-    time_column: Annotated[
-        str | None,
-        typer.Option(
-            "--time-column", help="The window's column (default: as verify's: retention column)."
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check the gates and count the rows; delete nothing.")
-    ] = False,
+    time_column: Annotated[str | None, _TIME_COLUMN] = None,
+    dry_run: Annotated[bool, _DRY_RUN] = False,
     why: Annotated[str, WHY] = _DEFAULT_WHY,
     who: Annotated[str | None, WHO] = None,
 ) -> None:
@@ -72,15 +68,7 @@ def purge_command(
         rate=rate,
         dry_run=dry_run,
     )
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-    )
+    bar = rate_progress()
 
     class Shown(ops.Progress):
         task: int | None = None
