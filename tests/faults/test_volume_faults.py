@@ -47,7 +47,7 @@ def test_transaction_of_100k_rows(
     healthy: Any, settings: Any, dynamodb: Any, consumer_factory: Any
 ) -> None:
     run = FaultRun(
-        "10a transaction of 100k rows",
+        f"10a transaction of {BIG_TRANSACTION // 1000}k rows",
         healthy,
         settings,
         dynamodb,
