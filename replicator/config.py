@@ -116,6 +116,13 @@ class KafkaSettings(_Section):
     )
     batch_size: int = Field(500, gt=0, description="records taken per poll")
     poll_timeout_s: float = Field(0.5, gt=0)
+    stall_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="a consumer that has fetched nothing for this long while a partition "
+        "assigned to it has records to read (the broker's end, not librdkafka's cache) is "
+        "closed and made again: it leaves the group and rejoins from the committed offsets",
+    )
     new_group_starts_at: Literal["earliest", "latest"] = Field(
         "earliest",
         description="where a consumer group with no committed offset (or one retention "

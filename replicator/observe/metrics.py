@@ -134,6 +134,12 @@ class Metrics:
             "Batch writes that failed after the client's retries (the batch is retried whole).",
             registry=r,
         )
+        self.consumer_stalls = Counter(
+            "replicator_consumer_stalls",
+            "Kafka consumers closed and made again because they fetched nothing for "
+            "kafka.stall_after_s while their partitions had records to read.",
+            registry=r,
+        )
         self.lag = Gauge(
             "replicator_consumer_lag",
             "Records behind: the partition's high watermark minus the consumer's position.",
@@ -228,6 +234,7 @@ class Metrics:
             self.connector_tasks.labels(state).set(0)
         self._lag_labels: set[tuple[str, str]] = set()
         self._lag_refreshed = float("-inf")
+        self._stalls_seen = 0
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -303,8 +310,13 @@ class Metrics:
             self.connector_state.labels(known).set(1 if known == state else 0)
             self.connector_tasks.labels(known).set(tasks.count(known))
 
-    def polled(self) -> None:
+    def polled(self, stalls: int = 0) -> None:
+        """After every poll; ``stalls``: the source's count of consumers made anew so far."""
         self.last_poll.set(time.time())
+        behind = stalls - self._stalls_seen
+        if behind > 0:
+            self.consumer_stalls.inc(behind)
+            self._stalls_seen = stalls
 
     def refresh_lag(self, consumer: Any, assigned: set[tuple[str, int]], every_s: float) -> None:
         """High watermark minus position for every assigned partition, at most every
@@ -321,29 +333,42 @@ class Metrics:
             log.warning("consumer lag not refreshed", error=str(exc))
 
     def _refresh_lag(self, consumer: Any, assigned: set[tuple[str, int]]) -> None:
-        partitions = [TopicPartition(t, p) for t, p in sorted(assigned)]
-        positions = consumer.position(partitions) if partitions else []
-        unknown = [tp for tp in positions if tp.offset < _OFFSET_INVALID]
-        committed = {}
-        if unknown:  # nothing consumed here yet: the committed offset is where reading starts
-            for tp in consumer.committed(unknown, timeout=2.0):
-                committed[(tp.topic, tp.partition)] = tp.offset
         labels = set()
-        for tp in positions:
-            low, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high < _OFFSET_INVALID:
-                low, high = consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
-            position = tp.offset
-            if position < _OFFSET_INVALID:
-                position = committed.get((tp.topic, tp.partition), -1)
-                if position < _OFFSET_INVALID:
-                    position = low  # nothing committed: the group starts at the earliest
-            key = (tp.topic, str(tp.partition))
-            self.lag.labels(*key).set(max(0, high - position))
+        for (topic, partition), lag in consumer_lag(consumer, assigned).items():
+            key = (topic, str(partition))
+            self.lag.labels(*key).set(lag)
             labels.add(key)
         for gone in self._lag_labels - labels:  # revoked: its lag is another consumer's now
             self.lag.remove(*gone)
         self._lag_labels = labels
+
+
+def consumer_lag(
+    consumer: Any, assigned: set[tuple[str, int]], cached: bool = True
+) -> dict[tuple[str, int], int]:
+    """Per assigned partition, its end minus the consumer's position (the committed offset
+    while nothing was consumed since the assignment). ``cached``: the ends librdkafka saw in
+    its last fetch (a partition nothing was fetched from yet is asked); otherwise every end is
+    the broker's answer. KafkaException when the broker does not answer."""
+    partitions = [TopicPartition(t, p) for t, p in sorted(assigned)]
+    positions = consumer.position(partitions) if partitions else []
+    unknown = [tp for tp in positions if tp.offset < _OFFSET_INVALID]
+    committed = {}
+    if unknown:  # nothing consumed here yet: the committed offset is where reading starts
+        for tp in consumer.committed(unknown, timeout=2.0):
+            committed[(tp.topic, tp.partition)] = tp.offset
+    lags = {}
+    for tp in positions:
+        low, high = consumer.get_watermark_offsets(tp, cached=True) if cached else (-1, -1)
+        if high < _OFFSET_INVALID:
+            low, high = consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+        position = tp.offset
+        if position < _OFFSET_INVALID:
+            position = committed.get((tp.topic, tp.partition), -1)
+            if position < _OFFSET_INVALID:
+                position = low  # nothing committed: the group starts at the earliest
+        lags[(tp.topic, tp.partition)] = max(0, high - position)
+    return lags
 
 
 class SourceMonitor:

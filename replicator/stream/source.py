@@ -13,6 +13,7 @@ from replicator.config import KafkaSettings
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent, Origin, Position
 from replicator.errors import DecodeError, ReplicatorError
+from replicator.observe.metrics import consumer_lag
 
 log = structlog.get_logger("replicator.stream.source")
 
@@ -36,6 +37,11 @@ def _config(
 
 
 class KafkaSource:
+    # Seconds without a fetched record, while behind, after which the consumer is made anew
+    # (None: never; a bounded replay pauses the partitions it has read to their end).
+    stall_after_s: float | None = None
+    stalls = 0  # consumers made anew because they fetched nothing while behind
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -44,32 +50,47 @@ class KafkaSource:
         client_id: str = "replicator",
     ) -> None:
         self.settings = kafka
-        self.consumer = Consumer(
-            {
-                **_config(kafka, group_id, client_id, kafka.new_group_starts_at),
-                "partition.assignment.strategy": "cooperative-sticky",
-                # A table's topic appears with its first change: notice it within seconds.
-                "topic.metadata.refresh.interval.ms": 5000,
-                **kafka.extra,
-            }
-        )
+        self.topics = topics
+        self.group_id = group_id
+        self.client_id = client_id
+        self.stall_after_s = kafka.stall_after_s
         if kafka.new_group_starts_at == "latest":
             log.warning(
                 "a group with no committed offsets starts at the topics' end: the changes they "
                 "hold are not applied (kafka.new_group_starts_at=latest)",
                 group=group_id or kafka.group_id,
             )
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        self.consumer = Consumer(
+            {
+                **_config(
+                    self.settings, self.group_id, self.client_id, self.settings.new_group_starts_at
+                ),
+                "partition.assignment.strategy": "cooperative-sticky",
+                # A table's topic appears with its first change: notice it within seconds.
+                "topic.metadata.refresh.interval.ms": 5000,
+                **self.settings.extra,
+            }
+        )
         self.assigned: set[tuple[str, int]] = set()
         # The group has given this member its assignment (perhaps empty: more members than
         # partitions); false again when the assignment is lost.
         self.joined = False
+        self._fetched_at = self._checked_at = time.monotonic()
+        self._stalled_at: dict[tuple[str, int], int] | None = None
         self.consumer.subscribe(
-            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            self.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         self.joined = True
+        self._fetched_at = time.monotonic()  # a new assignment has its whole window to fetch
         log.info("partitions assigned", partitions=sorted(self.assigned))
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -86,6 +107,7 @@ class KafkaSource:
         for a full batch. Transport errors are logged (librdkafka retries them)."""
         first = self.consumer.poll(self.settings.poll_timeout_s)
         if first is None:
+            self._unstall()
             return []
         messages = [first]
         if self.settings.batch_size > 1:
@@ -104,7 +126,46 @@ class KafkaSource:
                 self._at_end(message.topic() or "", message.partition() or 0)
             else:
                 log.warning("kafka error", error=str(error))
+        if good:
+            self._fetched_at = time.monotonic()
+            self._stalled_at = None
         return good
+
+    def _unstall(self) -> None:
+        """Make the consumer anew when it fetches nothing although its partitions have records
+        to read. Seen after the broker stopped answering for longer than the session timeout
+        (SIGSTOP, a long GC pause): the group took the partitions away and gave them back,
+        and the client never fetched them again. Safe between batches: every record applied
+        is committed, or is read again by the next member."""
+        now = time.monotonic()
+        after = self.stall_after_s
+        if after is None or not self.joined or not self.assigned:
+            return
+        if now - self._fetched_at < after or now - self._checked_at < after:
+            return
+        self._checked_at = now
+        try:
+            lags = consumer_lag(self.consumer, self.assigned, cached=False)
+        except KafkaException:
+            return  # the broker does not answer: librdkafka reconnects, nothing to mend here
+        behind = {tp: lag for tp, lag in sorted(lags.items()) if lag > 0}
+        if not behind or behind == self._stalled_at:
+            # The same records unread after a fresh consumer: not the client's fault (the end
+            # of a partition may be a transaction marker, which holds no record).
+            return
+        log.error(
+            "the Kafka consumer fetched nothing although its partitions have records to read; "
+            "closing it and joining the group again from the committed offsets",
+            idle_s=round(now - self._fetched_at, 1),
+            behind=[[t, p, lag] for (t, p), lag in behind.items()],
+        )
+        self.stalls += 1
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("the stalled consumer did not close cleanly", error=str(exc))
+        self._subscribe()
+        self._stalled_at = behind
 
     def _at_end(self, topic: str, partition: int) -> None:
         """Reached the partition's end (only reported when enable.partition.eof is set)."""

@@ -289,9 +289,18 @@ class FaultRun:
         def recovered() -> bool:
             return self._committed_at_least(self._watermarks) and visible()
 
-        assert wait_until(recovered, timeout_s, 0.25), (
-            f"{self.scenario}: no recovery within {timeout_s} s of the fault's end"
-        )
+        if not wait_until(recovered, timeout_s, 0.25):
+            committed = self._committed_marks()
+            behind = {
+                f"{t}[{p}]": f"committed {committed.get((t, p))} of {end}"
+                for (t, p), end in sorted(self._watermarks.items())
+                if committed.get((t, p), -1) < end
+            }
+            raise AssertionError(
+                f"{self.scenario}: no recovery within {timeout_s} s of the fault's end: "
+                f"sentinel {'visible' if visible() else 'not in DynamoDB'}; "
+                f"partitions short of the fault's end: {behind or 'none'}"
+            )
         return time.monotonic() - self.fault_end
 
     def _insert_sentinel(self) -> dict[str, Any]:
