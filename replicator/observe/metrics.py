@@ -318,7 +318,13 @@ class Metrics:
             self.consumer_stalls.inc(behind)
             self._stalls_seen = stalls
 
-    def refresh_lag(self, consumer: Any, assigned: set[tuple[str, int]], every_s: float) -> None:
+    def refresh_lag(
+        self,
+        consumer: Any,
+        assigned: set[tuple[str, int]],
+        every_s: float,
+        starts_at: str = "earliest",
+    ) -> None:
         """High watermark minus position for every assigned partition, at most every
         ``every_s`` seconds. Watermarks come from librdkafka's cache of the last fetch; only a
         partition nothing was fetched from yet costs a request to the broker."""
@@ -328,13 +334,13 @@ class Metrics:
         self._lag_refreshed = now
         self.assigned.set(len(assigned))
         try:
-            self._refresh_lag(consumer, assigned)
+            self._refresh_lag(consumer, assigned, starts_at)
         except KafkaException as exc:  # a broker slow to answer: keep the last values
             log.warning("consumer lag not refreshed", error=str(exc))
 
-    def _refresh_lag(self, consumer: Any, assigned: set[tuple[str, int]]) -> None:
+    def _refresh_lag(self, consumer: Any, assigned: set[tuple[str, int]], starts_at: str) -> None:
         labels = set()
-        for (topic, partition), lag in consumer_lag(consumer, assigned).items():
+        for (topic, partition), lag in consumer_lag(consumer, assigned, starts_at).items():
             key = (topic, str(partition))
             self.lag.labels(*key).set(lag)
             labels.add(key)
@@ -344,12 +350,16 @@ class Metrics:
 
 
 def consumer_lag(
-    consumer: Any, assigned: set[tuple[str, int]], cached: bool = True
+    consumer: Any,
+    assigned: set[tuple[str, int]],
+    starts_at: str = "earliest",
+    cached: bool = True,
 ) -> dict[tuple[str, int], int]:
     """Per assigned partition, its end minus the consumer's position (the committed offset
-    while nothing was consumed since the assignment). ``cached``: the ends librdkafka saw in
-    its last fetch (a partition nothing was fetched from yet is asked); otherwise every end is
-    the broker's answer. KafkaException when the broker does not answer."""
+    while nothing was consumed since the assignment; with nothing committed, where the group
+    starts: ``kafka.new_group_starts_at``). ``cached``: the ends librdkafka saw in its last
+    fetch (a partition nothing was fetched from yet is asked); otherwise every end is the
+    broker's answer. KafkaException when the broker does not answer."""
     partitions = [TopicPartition(t, p) for t, p in sorted(assigned)]
     positions = consumer.position(partitions) if partitions else []
     unknown = [tp for tp in positions if tp.offset < _OFFSET_INVALID]
@@ -365,8 +375,8 @@ def consumer_lag(
         position = tp.offset
         if position < _OFFSET_INVALID:
             position = committed.get((tp.topic, tp.partition), -1)
-            if position < _OFFSET_INVALID:
-                position = low  # nothing committed: the group starts at the earliest
+            if position < _OFFSET_INVALID:  # nothing committed: where the group starts
+                position = high if starts_at == "latest" else low
         lags[(tp.topic, tp.partition)] = max(0, high - position)
     return lags
 

@@ -113,7 +113,12 @@ class Pipeline:
                 self.health.turned()
                 self.health.assignment(self.source.joined, len(self.source.assigned))
                 self.metrics.polled(self.source.stalls)
-                self.metrics.refresh_lag(self.source.consumer, self.source.assigned, lag_every)
+                self.metrics.refresh_lag(
+                    self.source.consumer,
+                    self.source.assigned,
+                    lag_every,
+                    self.settings.kafka.new_group_starts_at,
+                )
                 if messages:
                     self.process(messages)
                 if until is not None and until(self.stats):

@@ -145,7 +145,9 @@ class KafkaSource:
             return
         self._checked_at = now
         try:
-            lags = consumer_lag(self.consumer, self.assigned, cached=False)
+            lags = consumer_lag(
+                self.consumer, self.assigned, self.settings.new_group_starts_at, cached=False
+            )
         except KafkaException:
             return  # the broker does not answer: librdkafka reconnects, nothing to mend here
         behind = {tp: lag for tp, lag in sorted(lags.items()) if lag > 0}

@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from replicator.config import Settings
 from replicator.observe.health import Server
-from replicator.observe.metrics import CONNECT_STATES, Metrics
+from replicator.observe.metrics import CONNECT_STATES, Metrics, consumer_lag
 from replicator.observe.probes import Health
 from replicator.stream.pipeline import Pipeline
 from replicator.stream.sink import DynamoSink
@@ -239,6 +239,20 @@ def test_lag_is_refreshed_at_most_every_interval_and_forgets_revoked_partitions(
         )
         is None
     )
+
+
+def test_a_group_that_starts_at_the_end_is_not_behind_before_its_first_record() -> None:
+    """kafka.new_group_starts_at=latest with nothing committed: reading starts at the end, so
+    the records before it are not lag (nor, for the source's stall guard, unread records)."""
+    consumer = FakeKafkaConsumer()
+    topic = "loans.dbo.payments"
+    consumer.watermarks[(topic, 0)] = (5, 50)
+    consumer.positions[(topic, 0)] = -1001
+    assert consumer_lag(consumer, {(topic, 0)}, "latest") == {(topic, 0): 0}
+    assert consumer_lag(consumer, {(topic, 0)}, "earliest") == {(topic, 0): 45}
+    metrics = Metrics()
+    metrics.refresh_lag(consumer, {(topic, 0)}, every_s=0, starts_at="latest")
+    assert value(metrics, "replicator_consumer_lag", topic=topic, partition="0") == 0
 
 
 class RecordingLog:
