@@ -116,12 +116,12 @@ class KafkaSettings(_Section):
     )
     batch_size: int = Field(500, gt=0, description="records taken per poll")
     poll_timeout_s: float = Field(0.5, gt=0)
-    stall_after_s: float = Field(
+    rejoin_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="a consumer that has fetched nothing for this long while a partition "
-        "assigned to it has records to read (the broker's end, not librdkafka's cache) is "
-        "closed and made again: it leaves the group and rejoins from the committed offsets",
+        description="a consumer that has been out of its group this long (its assignment lost "
+        "and no new one) is closed and made again: a JoinGroup lost while the group's "
+        "coordinator moved is otherwise waited for max.poll.interval.ms (5 minutes)",
     )
     new_group_starts_at: Literal["earliest", "latest"] = Field(
         "earliest",

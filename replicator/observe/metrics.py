@@ -134,10 +134,10 @@ class Metrics:
             "Batch writes that failed after the client's retries (the batch is retried whole).",
             registry=r,
         )
-        self.consumer_stalls = Counter(
-            "replicator_consumer_stalls",
-            "Kafka consumers closed and made again because they fetched nothing for "
-            "kafka.stall_after_s while their partitions had records to read.",
+        self.consumer_rejoins = Counter(
+            "replicator_consumer_rejoins",
+            "Kafka consumers closed and made again because they stayed out of their group "
+            "longer than kafka.rejoin_timeout_s.",
             registry=r,
         )
         self.lag = Gauge(
@@ -234,7 +234,7 @@ class Metrics:
             self.connector_tasks.labels(state).set(0)
         self._lag_labels: set[tuple[str, str]] = set()
         self._lag_refreshed = float("-inf")
-        self._stalls_seen = 0
+        self._rejoins_seen = 0
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -310,13 +310,12 @@ class Metrics:
             self.connector_state.labels(known).set(1 if known == state else 0)
             self.connector_tasks.labels(known).set(tasks.count(known))
 
-    def polled(self, stalls: int = 0) -> None:
-        """After every poll; ``stalls``: the source's count of consumers made anew so far."""
+    def polled(self, rejoins: int = 0) -> None:
+        """After every poll; ``rejoins``: the source's count of consumers made anew so far."""
         self.last_poll.set(time.time())
-        behind = stalls - self._stalls_seen
-        if behind > 0:
-            self.consumer_stalls.inc(behind)
-            self._stalls_seen = stalls
+        if rejoins > self._rejoins_seen:
+            self.consumer_rejoins.inc(rejoins - self._rejoins_seen)
+            self._rejoins_seen = rejoins
 
     def refresh_lag(
         self,

@@ -46,6 +46,8 @@ from replicator.stream.dynamo import dynamodb_client
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
+# Connect's scheduled.rebalance.max.delay.ms for the stack's one worker (see worker.properties).
+CONNECT_REBALANCE_DELAY_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -489,6 +491,11 @@ class LocalStack:
                     "offset.storage.replication.factor=1",
                     "status.storage.replication.factor=1",
                     "offset.flush.interval.ms=1000",
+                    # A broker that does not answer past the worker's session (a pause, a GC
+                    # stall) makes the worker rejoin under a new member id; the leader then
+                    # holds the "departed" member's connector and task this long before it
+                    # starts them again. Kafka's default, 5 minutes, is 5 minutes of no CDC.
+                    f"scheduled.rebalance.max.delay.ms={CONNECT_REBALANCE_DELAY_MS}",
                     f"listeners=http://127.0.0.1:{c.connect_port}",
                     "rest.advertised.host.name=127.0.0.1",
                     f"plugin.path={self.plugins}",

@@ -112,7 +112,7 @@ class Pipeline:
                 messages = self.source.poll()
                 self.health.turned()
                 self.health.assignment(self.source.joined, len(self.source.assigned))
-                self.metrics.polled(self.source.stalls)
+                self.metrics.polled(self.source.rejoins)
                 self.metrics.refresh_lag(
                     self.source.consumer,
                     self.source.assigned,

@@ -13,7 +13,6 @@ from replicator.config import KafkaSettings
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent, Origin, Position
 from replicator.errors import DecodeError, ReplicatorError
-from replicator.observe.metrics import consumer_lag
 
 log = structlog.get_logger("replicator.stream.source")
 
@@ -37,10 +36,7 @@ def _config(
 
 
 class KafkaSource:
-    # Seconds without a fetched record, while behind, after which the consumer is made anew
-    # (None: never; a bounded replay pauses the partitions it has read to their end).
-    stall_after_s: float | None = None
-    stalls = 0  # consumers made anew because they fetched nothing while behind
+    rejoins = 0  # consumers made anew because they stayed out of the group
 
     def __init__(
         self,
@@ -53,7 +49,6 @@ class KafkaSource:
         self.topics = topics
         self.group_id = group_id
         self.client_id = client_id
-        self.stall_after_s = kafka.stall_after_s
         if kafka.new_group_starts_at == "latest":
             log.warning(
                 "a group with no committed offsets starts at the topics' end: the changes they "
@@ -78,8 +73,7 @@ class KafkaSource:
         # The group has given this member its assignment (perhaps empty: more members than
         # partitions); false again when the assignment is lost.
         self.joined = False
-        self._fetched_at = self._checked_at = time.monotonic()
-        self._stalled_at: dict[tuple[str, int], int] | None = None
+        self.out_since = time.monotonic()  # out of the group since (meaningful while not joined)
         self.consumer.subscribe(
             self.topics,
             on_assign=self._on_assign,
@@ -90,24 +84,48 @@ class KafkaSource:
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         self.joined = True
-        self._fetched_at = time.monotonic()  # a new assignment has its whole window to fetch
         log.info("partitions assigned", partitions=sorted(self.assigned))
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self.joined = False
+        self.out_since = time.monotonic()
         self._on_revoke(consumer, partitions)
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self.assigned -= {(p.topic, p.partition) for p in partitions}
         log.info("partitions revoked", partitions=[(p.topic, p.partition) for p in partitions])
 
+    def _rejoin_if_stuck(self) -> None:
+        """Make the consumer anew when it has stayed out of its group past rejoin_timeout_s.
+        Seen when the broker was fenced after a pause and its group coordinator reloaded: the
+        member's JoinGroup, in flight then, was never answered, and librdkafka waits
+        max.poll.interval.ms for it. Safe: out of the group, it holds no partition, and
+        nothing is committed that was not written."""
+        if self.joined:
+            return
+        out_s = time.monotonic() - self.out_since
+        if out_s < self.settings.rejoin_timeout_s:
+            return
+        log.error(
+            "the Kafka consumer has been out of its group too long; closing it and joining "
+            "again (its committed offsets are where it resumes)",
+            out_s=round(out_s, 1),
+            group=self.group_id or self.settings.group_id,
+        )
+        self.rejoins += 1
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("the consumer did not close cleanly", error=str(exc))
+        self._subscribe()
+
     def poll(self) -> list[Message]:
         """Up to batch_size records: waits up to poll_timeout_s for the first one, then takes
         only what is already fetched, so a quiet stream is applied at once instead of waiting
         for a full batch. Transport errors are logged (librdkafka retries them)."""
+        self._rejoin_if_stuck()
         first = self.consumer.poll(self.settings.poll_timeout_s)
         if first is None:
-            self._unstall()
             return []
         messages = [first]
         if self.settings.batch_size > 1:
@@ -126,48 +144,7 @@ class KafkaSource:
                 self._at_end(message.topic() or "", message.partition() or 0)
             else:
                 log.warning("kafka error", error=str(error))
-        if good:
-            self._fetched_at = time.monotonic()
-            self._stalled_at = None
         return good
-
-    def _unstall(self) -> None:
-        """Make the consumer anew when it fetches nothing although its partitions have records
-        to read. Seen after the broker stopped answering for longer than the session timeout
-        (SIGSTOP, a long GC pause): the group took the partitions away and gave them back,
-        and the client never fetched them again. Safe between batches: every record applied
-        is committed, or is read again by the next member."""
-        now = time.monotonic()
-        after = self.stall_after_s
-        if after is None or not self.joined or not self.assigned:
-            return
-        if now - self._fetched_at < after or now - self._checked_at < after:
-            return
-        self._checked_at = now
-        try:
-            lags = consumer_lag(
-                self.consumer, self.assigned, self.settings.new_group_starts_at, cached=False
-            )
-        except KafkaException:
-            return  # the broker does not answer: librdkafka reconnects, nothing to mend here
-        behind = {tp: lag for tp, lag in sorted(lags.items()) if lag > 0}
-        if not behind or behind == self._stalled_at:
-            # The same records unread after a fresh consumer: not the client's fault (the end
-            # of a partition may be a transaction marker, which holds no record).
-            return
-        log.error(
-            "the Kafka consumer fetched nothing although its partitions have records to read; "
-            "closing it and joining the group again from the committed offsets",
-            idle_s=round(now - self._fetched_at, 1),
-            behind=[[t, p, lag] for (t, p), lag in behind.items()],
-        )
-        self.stalls += 1
-        try:
-            self.consumer.close()
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("the stalled consumer did not close cleanly", error=str(exc))
-        self._subscribe()
-        self._stalled_at = behind
 
     def _at_end(self, topic: str, partition: int) -> None:
         """Reached the partition's end (only reported when enable.partition.eof is set)."""
