@@ -30,7 +30,6 @@ from replicator.errors import (
 )
 from replicator.observe.metrics import Metrics
 from replicator.observe.probes import Health
-from replicator.stream import checkpoint
 from replicator.stream.deadletter import DeadLetters
 from replicator.stream.horizon import cutoff_ms
 from replicator.stream.lookup import Lookups
@@ -197,7 +196,7 @@ class Pipeline:
         self.stats.stale += result.stale
         self.stats.batches += 1
         self.dead_letters.flush()
-        checkpoint.commit(self.source.consumer, messages, self.sink.commit_metadata())
+        self.source.commit(messages, self.sink.commit_metadata())
         self.stats.last_record_at = time.monotonic()
         self.metrics.batch(self._consumed(messages), skipped, self._dead_lettered, self._purged)
         self.metrics.written(result.tables)

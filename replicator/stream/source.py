@@ -13,6 +13,7 @@ from replicator.config import KafkaSettings
 from replicator.core.decode import decode
 from replicator.core.events import ChangeEvent, Origin, Position
 from replicator.errors import DecodeError, ReplicatorError
+from replicator.stream.checkpoint import Checkpoint
 
 log = structlog.get_logger("replicator.stream.source")
 
@@ -70,6 +71,7 @@ class KafkaSource:
             }
         )
         self.assigned: set[tuple[str, int]] = set()
+        self.checkpoint = Checkpoint()
         # The group has given this member its assignment (perhaps empty: more members than
         # partitions); false again when the assignment is lost.
         self.joined = False
@@ -92,7 +94,9 @@ class KafkaSource:
         self._on_revoke(consumer, partitions)
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self.assigned -= {(p.topic, p.partition) for p in partitions}
+        revoked = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= revoked
+        self.checkpoint.forget(revoked)
         log.info("partitions revoked", partitions=[(p.topic, p.partition) for p in partitions])
 
     def _rejoin_if_stuck(self) -> None:
@@ -125,6 +129,8 @@ class KafkaSource:
         for a full batch. Transport errors are logged (librdkafka retries them)."""
         self._rejoin_if_stuck()
         first = self.consumer.poll(self.settings.poll_timeout_s)
+        if self.checkpoint.pending:
+            self.checkpoint.retry(self.consumer, self.assigned)
         if first is None:
             return []
         messages = [first]
@@ -145,6 +151,12 @@ class KafkaSource:
             else:
                 log.warning("kafka error", error=str(error))
         return good
+
+    def commit(
+        self, messages: list[Message], metadata: dict[tuple[str, int], str] | None = None
+    ) -> bool:
+        """Commit what a batch applied (stream.checkpoint); False when the group refused."""
+        return self.checkpoint.commit(self.consumer, messages, metadata)
 
     def _at_end(self, topic: str, partition: int) -> None:
         """Reached the partition's end (only reported when enable.partition.eof is set)."""
@@ -208,6 +220,7 @@ class BoundedSource(KafkaSource):
     ) -> None:
         self.settings = kafka
         self.follow = follow
+        self.checkpoint = Checkpoint()
         self.consumer = Consumer(bounded_config(kafka, group_id, client_id))
         try:
             self.spans, self.resumed = self._plan(topic, from_ms, restart, timeout_s)

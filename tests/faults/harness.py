@@ -219,19 +219,17 @@ class FaultRun:
         assert all(c.alive() for c in self.consumers if c not in self.removed), (
             "a consumer exited on its own"
         )
-        # Quiet: the group committed the topics' ends, and PostgreSQL's changes all arrived.
-        end_marks = {}
-
-        def quiet() -> bool:
-            nonlocal end_marks
-            end_marks = self._high_watermarks()
-            return self._committed_at_least(end_marks)
-
+        # Quiet: a row written after the workload's last change is in DynamoDB (so Connect has
+        # carried what PostgreSQL committed before it), and the group committed the topics'
+        # ends. Judged only then; the verdict is the last quiet one's.
+        end_row = self._insert_sentinel("FaultEnd")
         verdict = Verdict()
+        quiet = False
 
         def converged() -> bool:
-            nonlocal verdict
-            if not quiet():
+            nonlocal verdict, quiet
+            quiet = self._visible(end_row) and self._committed_at_least(self._high_watermarks())
+            if not quiet:
                 return False
             # A connection of its own: PostgreSQL may have restarted under the harness's.
             with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -241,6 +239,13 @@ class FaultRun:
             return verdict.clean
 
         wait_until(converged, quiet_timeout_s, 2.0)
+        if not quiet:
+            raise AssertionError(
+                f"{self.scenario}: not quiet within {quiet_timeout_s} s of the workload's end: "
+                f"end row {'visible' if self._visible(end_row) else 'not in DynamoDB'}; "
+                f"partitions short of the topics' ends: "
+                f"{self._short_of(self._high_watermarks()) or 'none'}"
+            )
         self.poller.stop()
         self.memory.stop()
         changes = self.workload.counts.changes
@@ -277,34 +282,40 @@ class FaultRun:
 
     def _recovery(self, timeout_s: float) -> float:
         assert self.fault_end is not None and self._sentinel is not None
-        table, key = self.tables["logs"], self._sentinel
-
-        def visible() -> bool:
-            try:
-                found = self.dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)
-            except Exception:
-                return False
-            return "Item" in found
+        sentinel = self._sentinel
 
         def recovered() -> bool:
-            return self._committed_at_least(self._watermarks) and visible()
+            return self._committed_at_least(self._watermarks) and self._visible(sentinel)
 
         if not wait_until(recovered, timeout_s, 0.25):
-            committed = self._committed_marks()
-            behind = {
-                f"{t}[{p}]": f"committed {committed.get((t, p))} of {end}"
-                for (t, p), end in sorted(self._watermarks.items())
-                if committed.get((t, p), -1) < end
-            }
             raise AssertionError(
                 f"{self.scenario}: no recovery within {timeout_s} s of the fault's end: "
-                f"sentinel {'visible' if visible() else 'not in DynamoDB'}; "
-                f"partitions short of the fault's end: {behind or 'none'}"
+                f"sentinel {'visible' if self._visible(sentinel) else 'not in DynamoDB'}; "
+                f"partitions short of the fault's end: {self._short_of(self._watermarks) or 'none'}"
             )
         return time.monotonic() - self.fault_end
 
-    def _insert_sentinel(self) -> dict[str, Any]:
-        """A row written the moment the fault ends (retried while PostgreSQL comes back)."""
+    def _visible(self, key: dict[str, Any]) -> bool:
+        """The row's item is in the scenario's logs table."""
+        try:
+            found = self.dynamodb.get_item(
+                TableName=self.tables["logs"], Key=key, ConsistentRead=True
+            )
+        except Exception:
+            return False
+        return "Item" in found
+
+    def _short_of(self, marks: dict[tuple[str, int], int]) -> dict[str, str]:
+        committed = self._committed_marks()
+        return {
+            f"{t}[{p}]": f"committed {committed.get((t, p))} of {end}"
+            for (t, p), end in sorted(marks.items())
+            if committed.get((t, p), -1) < end
+        }
+
+    def _insert_sentinel(self, service: str = "FaultSentinel") -> dict[str, Any]:
+        """A row written the moment the fault ends (retried while PostgreSQL comes back), or
+        after the workload's last change (``FaultEnd``)."""
         when = dt.datetime(2024, 6, 1, 12, 0, 0, 1)
         deadline = time.monotonic() + 120
         while True:
@@ -312,12 +323,11 @@ class FaultRun:
                 with psycopg.connect(self.dsn, autocommit=True) as conn:
                     row = conn.execute(
                         "INSERT INTO dbo.integrationlogs (logtype, servicename, issuccess, "
-                        "logtimestamp) VALUES ('External API', 'FaultSentinel', true, %s) "
-                        "RETURNING logid",
-                        [when],
+                        "logtimestamp) VALUES ('External API', %s, true, %s) RETURNING logid",
+                        [service, when],
                     ).fetchone()
                 assert row is not None
-                return log_key(row[0], "FaultSentinel", when)
+                return log_key(row[0], service, when)
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise

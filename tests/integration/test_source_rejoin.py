@@ -18,7 +18,6 @@ from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.config import Settings
-from replicator.stream import checkpoint
 from replicator.stream.source import KafkaSource
 
 pytestmark = pytest.mark.stack
@@ -39,7 +38,7 @@ def _read(source: KafkaSource, want: int, timeout_s: float) -> list[Message]:
         batch = source.poll()
         if batch:
             got += batch
-            assert checkpoint.commit(source.consumer, batch)
+            assert source.commit(batch)
     return got
 
 

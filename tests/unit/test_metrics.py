@@ -28,6 +28,7 @@ from replicator.config import Settings
 from replicator.observe.health import Server
 from replicator.observe.metrics import CONNECT_STATES, Metrics, consumer_lag
 from replicator.observe.probes import Health
+from replicator.stream.checkpoint import Checkpoint
 from replicator.stream.pipeline import Pipeline
 from replicator.stream.sink import DynamoSink
 
@@ -92,6 +93,10 @@ class FakeSource:
         self.consumer = FakeKafkaConsumer()
         self.assigned: set[tuple[str, int]] = set()
         self.joined = False
+        self.checkpoint = Checkpoint()
+
+    def commit(self, messages: list[Any], metadata: dict[tuple[str, int], str]) -> bool:
+        return self.checkpoint.commit(self.consumer, messages, metadata)  # type: ignore[arg-type]
 
 
 def pipeline(client: FakeDynamo) -> Pipeline:
