@@ -47,7 +47,10 @@ def main() -> int:
             "FAULTS_RESULTS": results.name,
             "FAULTS_IDLE_S": str(args.idle_minutes * 60),
         }
+        # pytest-timeout's 600 s per test (pyproject) is CI's; here the windows are longer.
+        timeout_s = int(600 * max(1.0, args.scale) + args.idle_minutes * 60)
         command = [sys.executable, "-m", "pytest", "tests/faults", "-m", "faults", "-q", "-s"]
+        command += ["--timeout", str(timeout_s)]
         if args.k:
             command += ["-k", args.k]
         started = time.monotonic()

@@ -60,12 +60,15 @@ def test_broker_sigkill(healthy: Any, settings: Any, dynamodb: Any, consumer_fac
 def test_broker_paused_past_session_timeout(
     healthy: Any, settings: Any, dynamodb: Any, consumer_factory: Any
 ) -> None:
-    run = _scenario("5b Kafka broker SIGSTOP 15 s", healthy, settings, dynamodb, consumer_factory)
+    pause_s = 15 * SCALE  # the consumers' session timeout is 6 s
+    run = _scenario(
+        f"5b Kafka broker SIGSTOP {pause_s:g} s", healthy, settings, dynamodb, consumer_factory
+    )
     pid = _pid(healthy, "kafka")
     try:
         os.kill(pid, signal.SIGSTOP)
         try:
-            time.sleep(15 * SCALE)  # the consumers' session timeout is 6 s
+            time.sleep(pause_s)
         finally:
             os.kill(pid, signal.SIGCONT)
         run.fault_over()
